@@ -1,0 +1,174 @@
+//! The two ways verification can fail, kept apart because they mean different things to a caller:
+//! a [`Refusal`] is the token's fault (SQLSTATE 28000 in the extension), a [`ConfigError`] is the
+//! operator's (SQLSTATE 22023, with a hint naming the setting). Neither ever carries a secret or a
+//! whole token: messages quote at most short claim values, truncated by [`quote`].
+
+use std::fmt;
+
+/// The rule a token failed. The names are the rows of `jwt_explain()` and appear in every refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Format,
+    Algorithm,
+    Key,
+    Signature,
+    Exp,
+    Nbf,
+    Iss,
+    Aud,
+    Sub,
+}
+
+impl Check {
+    pub const ALL: [Check; 9] = [
+        Check::Format,
+        Check::Algorithm,
+        Check::Key,
+        Check::Signature,
+        Check::Exp,
+        Check::Nbf,
+        Check::Iss,
+        Check::Aud,
+        Check::Sub,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Format => "format",
+            Check::Algorithm => "algorithm",
+            Check::Key => "key",
+            Check::Signature => "signature",
+            Check::Exp => "exp",
+            Check::Nbf => "nbf",
+            Check::Iss => "iss",
+            Check::Aud => "aud",
+            Check::Sub => "sub",
+        }
+    }
+
+    /// A few words for the message: "JWT refused: <check> check failed: <what>".
+    fn headline(self) -> &'static str {
+        match self {
+            Check::Format => "malformed token",
+            Check::Algorithm => "algorithm not accepted",
+            Check::Key => "no matching key",
+            Check::Signature => "invalid signature",
+            Check::Exp => "token expired",
+            Check::Nbf => "token not yet valid",
+            Check::Iss => "issuer not accepted",
+            Check::Aud => "audience not accepted",
+            Check::Sub => "subject missing or invalid",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A token that did not pass one of the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub check: Check,
+    /// Why, in terms of the token and the rules; never contains key material.
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(check: Check, detail: impl Into<String>) -> Self {
+        Refusal { check, detail: detail.into() }
+    }
+
+    /// The primary error message, naming the failed check.
+    pub fn message(&self) -> String {
+        format!("JWT refused: {} check failed ({})", self.check, self.check.headline())
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.message(), self.detail)
+    }
+}
+
+/// A setting (or an explicit key/algorithm argument) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting or argument at fault, e.g. `kinde_rls.jwks` or `key`.
+    pub setting: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        ConfigError { setting: setting.into(), message: message.into(), hint: hint.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.hint)
+    }
+}
+
+/// Either failure, for functions that can meet both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    Refused(Refusal),
+    Config(ConfigError),
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(c: ConfigError) -> Self {
+        Error::Config(c)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Refused(r) => r.fmt(f),
+            Error::Config(c) => c.fmt(f),
+        }
+    }
+}
+
+/// Quote a claim value for a message: JSON-escaped and cut to a length that keeps an attacker
+/// from filling logs (a 200 KB `kid` becomes 64 characters and an ellipsis).
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut cut: String = s.chars().take(MAX).collect();
+    if cut.len() < s.len() {
+        cut.push('…');
+    }
+    serde_json::Value::String(cut).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_the_check() {
+        let r = Refusal::new(Check::Exp, "expired at 1");
+        assert_eq!(r.message(), "JWT refused: exp check failed (token expired)");
+    }
+
+    #[test]
+    fn quote_truncates_and_escapes() {
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        let long = "x".repeat(200_000);
+        let q = quote(&long);
+        assert_eq!(q.chars().count(), 64 + 3);
+        assert!(q.ends_with("…\""));
+    }
+}

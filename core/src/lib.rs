@@ -1,0 +1,50 @@
+//! The Postgres-free core of kinde_rls: parse a compact JWS, pick a key, verify the signature,
+//! check the claims, and read identity out of them. Everything here is plain Rust, unit-tested
+//! with `cargo test -p kinde_rls_core` and fuzzable; the extension only wraps it.
+
+pub mod claims;
+pub mod error;
+pub mod keys;
+pub mod sign;
+pub mod token;
+pub mod verify;
+
+pub use error::{Check, ConfigError, Error, Refusal};
+pub use keys::{parse_jwks, Key, KeyKind, KeySet};
+pub use verify::{explain, verify, Config, ExplainRow, Policy, Settings, Verified};
+
+/// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
+/// secret. `algorithm` must fit the key: a PEM or JWK is never used as an HMAC secret.
+pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtoken::Algorithm), ConfigError> {
+    let alg = keys::parse_algorithm(algorithm).map_err(|e| {
+        ConfigError::new("algorithm", e, "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.")
+    })?;
+    let bad_key = |m: String| ConfigError::new("key", m, "Pass an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.");
+    let list = if key.trim_start().starts_with("-----BEGIN") {
+        vec![keys::key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
+    } else if key.trim_start().starts_with('{') {
+        parse_jwks(key, true).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?.keys
+    } else {
+        if key.len() < keys::min_hmac_bytes(alg) && alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "{} needs a secret of at least {} bytes, this one has {}",
+                    keys::algorithm_name(alg),
+                    keys::min_hmac_bytes(alg),
+                    key.len()
+                ),
+                "Use the full secret (RFC 7518 §3.2 requires a secret as long as the hash).",
+            ));
+        }
+        vec![Key::hmac(key.as_bytes())]
+    };
+    if let Some(reason) = list.iter().map(|k| k.permits(alg)).find_map(Result::err).filter(|_| list.iter().all(|k| k.permits(alg).is_err())) {
+        return Err(ConfigError::new(
+            "algorithm",
+            reason,
+            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key.",
+        ));
+    }
+    Ok((list, alg))
+}

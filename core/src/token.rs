@@ -1,0 +1,260 @@
+//! Parsing a compact JWS (RFC 7515 §7.1) without trusting any of it yet.
+//!
+//! The parser is strict on purpose: a size limit checked before any work, exactly three segments,
+//! unpadded base64url with canonical trailing bits, UTF-8 JSON objects for header and payload, and
+//! no duplicate member names at the top level (RFC 7519 §4 allows rejecting them; two parsers that
+//! pick different duplicates are how claim-smuggling bugs happen).
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+use crate::error::{quote, Check, Refusal};
+
+/// Longest token accepted, in bytes. Real access tokens are 1–4 KB; HTTP servers cap a header at
+/// 8–16 KB. Anything longer is refused before it is split or decoded.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Header parameters this implementation understands and may be listed in `crit`: none. Any
+/// `crit` therefore refuses the token (RFC 7515 §4.1.11).
+const UNDERSTOOD_CRIT: &[&str] = &[];
+
+pub(crate) const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// A token split and decoded, its signature not yet checked.
+#[derive(Debug, Clone)]
+pub struct Parsed<'a> {
+    pub header: Map<String, Value>,
+    pub payload: Map<String, Value>,
+    /// `base64url(header) || '.' || base64url(payload)`: the bytes the signature covers.
+    pub signing_input: &'a str,
+    /// The third segment as sent (base64url).
+    pub signature_b64: &'a str,
+    /// The `alg` header, which must be a string.
+    pub alg: String,
+    pub kid: Option<String>,
+}
+
+fn malformed(detail: impl Into<String>) -> Refusal {
+    Refusal::new(Check::Format, detail)
+}
+
+/// Decode one base64url segment strictly.
+pub fn b64_decode(segment: &str, what: &str) -> Result<Vec<u8>, Refusal> {
+    B64URL
+        .decode(segment)
+        .map_err(|e| malformed(format!("the {what} is not unpadded base64url ({e})")))
+}
+
+pub fn b64_encode(bytes: &[u8]) -> String {
+    B64URL.encode(bytes)
+}
+
+/// A JSON object whose top-level member names are unique.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<UniqueObject, A::Error> {
+                let mut out = Map::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let v: Value = m.next_value()?;
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate member {}",
+                            quote(&k)
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueObject(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse a JSON object with unique top-level names. serde_json's recursion limit (128) bounds
+/// nesting, so a 100,000-deep document is an error, not a stack overflow.
+pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refusal> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| malformed(format!("the {what} is not valid UTF-8")))?;
+    serde_json::from_str::<UniqueObject>(text)
+        .map(|o| o.0)
+        .map_err(|e| malformed(format!("the {what} is not a JSON object ({e})")))
+}
+
+/// Split and decode a compact JWS into header, payload, signing input and signature, checking
+/// only the format. `jwt_decode_unverified()` stops here; [`parse`] goes on to the header rules.
+pub fn decode_parts(token: &str) -> Result<(Map<String, Value>, Map<String, Value>, &str, &str), Refusal> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(malformed(format!(
+            "the token is {} bytes; the limit is {} bytes",
+            token.len(),
+            MAX_TOKEN_BYTES
+        )));
+    }
+    if token.is_empty() {
+        return Err(malformed("the token is empty"));
+    }
+    let dots = token.bytes().filter(|&b| b == b'.').count();
+    if dots == 4 {
+        return Err(malformed("the token has 5 segments: encrypted tokens (JWE) are not supported"));
+    }
+    if dots != 2 {
+        return Err(malformed(format!(
+            "a compact JWS has 3 dot-separated segments, this token has {}",
+            dots + 1
+        )));
+    }
+    let mut parts = token.splitn(3, '.');
+    let (h, p, s) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s)) => (h, p, s),
+        _ => return Err(malformed("the token does not have 3 segments")),
+    };
+    if h.is_empty() || p.is_empty() {
+        return Err(malformed("the header or payload segment is empty"));
+    }
+    let header = parse_object(&b64_decode(h, "header")?, "header")?;
+    let payload = parse_object(&b64_decode(p, "payload")?, "payload")?;
+    Ok((header, payload, &token[..h.len() + 1 + p.len()], s))
+}
+
+/// Split and decode a compact JWS. Checks format and the header rules that need no key.
+pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
+    let (header, payload, signing_input, signature_b64) = decode_parts(token)?;
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        Some(_) => return Err(Refusal::new(Check::Algorithm, "the header's alg is not a string")),
+        None => return Err(Refusal::new(Check::Algorithm, "the header has no alg")),
+    };
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(malformed("the header's kid is not a string")),
+    };
+    if let Some(crit) = header.get("crit") {
+        let names = match crit {
+            Value::Array(a) if !a.is_empty() => a,
+            _ => return Err(malformed("the header's crit must be a non-empty array of names")),
+        };
+        for n in names {
+            match n {
+                Value::String(n) if UNDERSTOOD_CRIT.contains(&n.as_str()) => {}
+                Value::String(n) => {
+                    return Err(malformed(format!(
+                        "the header marks extension {} critical and it is not implemented (RFC 7515 §4.1.11)",
+                        quote(n)
+                    )))
+                }
+                _ => return Err(malformed("the header's crit must list names (strings)")),
+            }
+        }
+    }
+    Ok(Parsed { header, payload, signing_input, signature_b64, alg, kid })
+}
+
+/// Does this text look like a compact JWS (three base64url segments)? Used to tell a token from
+/// a JSON document in `request.jwt.claims`.
+pub fn looks_like_compact(text: &str) -> bool {
+    let t = text.trim();
+    !t.is_empty()
+        && t.bytes().filter(|&b| b == b'.').count() == 2
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(json: &str) -> String {
+        b64_encode(json.as_bytes())
+    }
+
+    fn tok(h: &str, p: &str) -> String {
+        format!("{}.{}.c2ln", seg(h), seg(p))
+    }
+
+    #[test]
+    fn parses_a_well_formed_token() {
+        let t = tok(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#, r#"{"sub":"kp_1","exp":5}"#);
+        let p = parse(&t).unwrap();
+        assert_eq!(p.alg, "RS256");
+        assert_eq!(p.kid.as_deref(), Some("k1"));
+        assert_eq!(p.payload["sub"], "kp_1");
+        assert_eq!(p.signature_b64, "c2ln");
+        assert_eq!(format!("{}.c2ln", p.signing_input), t);
+    }
+
+    fn check_of(t: &str) -> Check {
+        parse(t).unwrap_err().check
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        assert_eq!(check_of(""), Check::Format);
+        assert_eq!(check_of("a.b"), Check::Format);
+        assert_eq!(check_of("a.b.c.d"), Check::Format);
+        assert!(parse("a.b.c.d.e").unwrap_err().detail.contains("JWE"));
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(parse(&big).unwrap_err().detail.contains("limit"));
+    }
+
+    #[test]
+    fn refuses_non_canonical_base64() {
+        let h = seg(r#"{"alg":"HS256"}"#);
+        let p = seg(r#"{"sub":"a"}"#);
+        assert_eq!(check_of(&format!("{h}=.{p}.x")), Check::Format);
+        let std_alpha = h.replace('-', "+").replace('_', "/") + "+";
+        assert_eq!(check_of(&format!("{std_alpha}.{p}.x")), Check::Format);
+        assert_eq!(check_of(&format!("{h} .{p}.x")), Check::Format);
+    }
+
+    #[test]
+    fn refuses_non_objects_and_duplicates() {
+        assert_eq!(check_of(&tok("[1]", "{}")), Check::Format);
+        assert_eq!(check_of(&tok(r#"{"alg":"HS256"}"#, "[]")), Check::Format);
+        assert_eq!(check_of(&tok(r#"{"alg":"HS256"}"#, r#"{"sub":"a","sub":"b"}"#)), Check::Format);
+        let bad_utf8 = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(&[0xff, 0xfe]));
+        assert_eq!(check_of(&bad_utf8), Check::Format);
+        let deep = "[".repeat(100_000);
+        let d = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(format!("{{\"a\":{deep}").as_bytes()));
+        assert!(d.len() > MAX_TOKEN_BYTES);
+        let deep = "[".repeat(5_000);
+        let d = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(format!("{{\"a\":{deep}").as_bytes()));
+        assert_eq!(check_of(&d), Check::Format);
+    }
+
+    #[test]
+    fn header_rules() {
+        assert_eq!(check_of(&tok(r#"{"typ":"JWT"}"#, "{}")), Check::Algorithm);
+        assert_eq!(check_of(&tok(r#"{"alg":1}"#, "{}")), Check::Algorithm);
+        assert_eq!(check_of(&tok(r#"{"alg":"HS256","kid":7}"#, "{}")), Check::Format);
+        let e = parse(&tok(r#"{"alg":"HS256","crit":["exp"],"exp":1}"#, "{}")).unwrap_err();
+        assert!(e.detail.contains("critical"), "{}", e.detail);
+        assert_eq!(check_of(&tok(r#"{"alg":"HS256","crit":[]}"#, "{}")), Check::Format);
+    }
+
+    #[test]
+    fn compact_detection() {
+        assert!(looks_like_compact("eyJh.eyJi.c2ln"));
+        assert!(!looks_like_compact(r#"{"sub":"a.b.c"}"#));
+        assert!(!looks_like_compact(""));
+    }
+}

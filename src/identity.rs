@@ -1,0 +1,258 @@
+//! Who is asking: find the request's token, verify it (or reuse a cached verification), and
+//! remember the answer so that a policy calling `get_user_id()` once per row costs a few
+//! comparisons per row after the first.
+//!
+//! Where the token comes from, in order:
+//! 1. `kinde_rls.token` (apps on direct or pooled connections, `SET LOCAL`);
+//! 2. `request.headers` → `authorization: Bearer …` (PostgREST);
+//! 3. `request.jwt.claims` when it holds a compact JWT;
+//! 4. `request.jwt.claims` as a JSON object, only when `kinde_rls.trust_request_claims` is on.
+//!
+//! Caches are per backend (`thread_local!`: a backend is one thread, so no lock is needed) and
+//! keyed so that they cannot serve a stale answer: any change of a verification setting clears
+//! them (via [`CONFIG_GEN`]); an entry is used only while `exp + leeway` lies ahead of the
+//! statement's start time; the token cache holds at most `kinde_rls.cache_size` entries and
+//! evicts the oldest first.
+
+use kinde_rls_core::{claims, token, verify::Settings, Config, ConfigError, Error, Refusal};
+use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use crate::errors::guarded;
+use crate::gucs::{self, CONFIG_GEN, TOKEN_GEN};
+
+/// A verified (or, by a superuser's choice, trusted) set of claims.
+#[derive(Debug)]
+pub struct Identity {
+    pub claims: Map<String, Value>,
+    pub sub: Option<String>,
+    /// Last second (exclusive) at which this identity may be used: `exp + leeway`.
+    pub valid_until: i64,
+}
+
+impl Identity {
+    fn new(claims: Map<String, Value>, valid_until: i64) -> Self {
+        let sub = claims::subject(&claims).map(String::from);
+        Identity { claims, sub, valid_until }
+    }
+}
+
+/// What the last lookup was keyed on.
+#[derive(PartialEq)]
+enum Key {
+    Token(u64),
+    Request { headers: Option<String>, claims: Option<String> },
+}
+
+struct Last {
+    key: Key,
+    identity: Option<Rc<Identity>>,
+}
+
+#[derive(Default)]
+struct State {
+    config_gen: u64,
+    config: Option<Rc<Config>>,
+    cache: HashMap<Rc<str>, Rc<Identity>>,
+    order: VecDeque<Rc<str>>,
+    last: Option<Last>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// Seconds since the Unix epoch at the start of the current statement: one clock for a whole
+/// statement (and its parallel workers), so a scan never changes its mind half way.
+pub fn now() -> i64 {
+    const PG_EPOCH_OFFSET: i64 = 946_684_800;
+    let ts = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
+    ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
+}
+
+/// The verification settings as they are now.
+pub fn settings_config() -> Result<Config, ConfigError> {
+    Config::from_settings(&Settings {
+        issuer: gucs::str_value(&gucs::ISSUER),
+        audience: gucs::str_value(&gucs::AUDIENCE),
+        jwks: gucs::str_value(&gucs::JWKS),
+        secret: gucs::str_value(&gucs::SECRET),
+        leeway: i64::from(gucs::LEEWAY.get()),
+        require_sub: gucs::REQUIRE_SUB.get(),
+    })
+}
+
+impl State {
+    fn sync(&mut self) {
+        let gen = CONFIG_GEN.load(Ordering::Relaxed);
+        if self.config_gen != gen {
+            self.config_gen = gen;
+            self.config = None;
+            self.cache.clear();
+            self.order.clear();
+            self.last = None;
+        }
+    }
+
+    fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
+        if let Some(c) = &self.config {
+            return Ok(c.clone());
+        }
+        let c = Rc::new(settings_config()?);
+        self.config = Some(c.clone());
+        Ok(c)
+    }
+
+    fn verify(&mut self, token: &str, now: i64) -> Result<Rc<Identity>, Error> {
+        if let Some(id) = self.cache.get(token) {
+            if now < id.valid_until {
+                return Ok(id.clone());
+            }
+        }
+        let config = self.config()?;
+        if config.keys.keys.is_empty() {
+            return Err(Config::no_keys_error().into());
+        }
+        let verified = {
+            let config = config.clone();
+            let token = token.to_owned();
+            guarded(move || {
+                kinde_rls_core::verify(&token, &config.keys.keys, &config.policy, now).map_err(Error::from)
+            })?
+        };
+        let valid_until = verified.exp.saturating_add(config.policy.leeway);
+        let id = Rc::new(Identity::new(verified.claims, valid_until));
+        let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
+        if cap > 0 {
+            while self.order.len() >= cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.cache.remove(&old);
+                }
+            }
+            let k: Rc<str> = Rc::from(token);
+            if self.cache.insert(k.clone(), id.clone()).is_none() {
+                self.order.push_back(k);
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// Verify a token against the configured keys and rules, through the cache.
+pub fn verify_configured(token: &str) -> Result<Rc<Identity>, Error> {
+    let now = now();
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.sync();
+        s.verify(token, now)
+    })
+}
+
+/// The configuration, for `jwt_explain()`.
+pub fn current_config() -> Result<Rc<Config>, ConfigError> {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.sync();
+        s.config()
+    })
+}
+
+/// The bearer token in a PostgREST `request.headers` JSON document, if any.
+fn bearer_from_headers(headers: &str) -> Option<String> {
+    let doc: Value = serde_json::from_str(headers).ok()?;
+    let auth = doc.get("authorization")?.as_str()?.trim();
+    let (scheme, rest) = auth.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim().to_owned())
+}
+
+/// The identity of the current request: `Ok(None)` when there is no token (anonymous), an error
+/// when there is a token that does not verify. Never falls back to anonymous on failure.
+pub fn current() -> Result<Option<Rc<Identity>>, Error> {
+    let now = now();
+    let result = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.sync();
+        resolve(&mut s, now)
+    });
+    result
+}
+
+fn still_valid(id: &Option<Rc<Identity>>, now: i64) -> bool {
+    id.as_ref().is_none_or(|i| now < i.valid_until)
+}
+
+fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
+    if let Some(token) = gucs::str_value(&gucs::TOKEN) {
+        let key = Key::Token(TOKEN_GEN.load(Ordering::Relaxed));
+        if let Some(last) = &s.last {
+            if last.key == key && still_valid(&last.identity, now) {
+                return Ok(last.identity.clone());
+            }
+        }
+        s.last = None;
+        let id = s.verify(token.trim(), now)?;
+        s.last = Some(Last { key, identity: Some(id.clone()) });
+        return Ok(Some(id));
+    }
+    let headers = gucs::other_setting(c"request.headers");
+    let claims_text = gucs::other_setting(c"request.jwt.claims");
+    if let Some(last) = &s.last {
+        if let Key::Request { headers: h, claims: c } = &last.key {
+            if h.as_deref() == headers && c.as_deref() == claims_text && still_valid(&last.identity, now) {
+                return Ok(last.identity.clone());
+            }
+        }
+    }
+    s.last = None;
+    let identity = if let Some(token) = headers.and_then(bearer_from_headers) {
+        Some(s.verify(&token, now)?)
+    } else if let Some(text) = claims_text {
+        if token::looks_like_compact(text) {
+            Some(s.verify(text.trim(), now)?)
+        } else if gucs::TRUST_REQUEST_CLAIMS.get() {
+            trusted_claims(text)?
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    s.last = Some(Last {
+        key: Key::Request { headers: headers.map(String::from), claims: claims_text.map(String::from) },
+        identity: identity.clone(),
+    });
+    Ok(identity)
+}
+
+/// `request.jwt.claims` taken as verified because a superuser said so. It must still be a JSON
+/// object; anything else is refused rather than read as anonymous.
+fn trusted_claims(text: &str) -> Result<Option<Rc<Identity>>, Error> {
+    let map = token::parse_object(text.as_bytes(), "request.jwt.claims").map_err(|mut r: Refusal| {
+        r.detail = format!("{} (kinde_rls.trust_request_claims is on)", r.detail);
+        r
+    })?;
+    if map.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Rc::new(Identity::new(map, i64::MAX))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_from_headers;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_from_headers(r#"{"authorization":"Bearer a.b.c"}"#).as_deref(), Some("a.b.c"));
+        assert_eq!(bearer_from_headers(r#"{"authorization":"bearer   a.b.c "}"#).as_deref(), Some("a.b.c"));
+        assert_eq!(bearer_from_headers(r#"{"authorization":"Basic abc"}"#), None);
+        assert_eq!(bearer_from_headers(r#"{"accept":"*/*"}"#), None);
+        assert_eq!(bearer_from_headers("not json"), None);
+    }
+}

@@ -1,0 +1,188 @@
+//! kinde_rls: verify Kinde (or any OpenID Connect) JWTs inside PostgreSQL and hand the verified
+//! identity to row-level-security policies.
+//!
+//! The SQL functions here are thin: verification, keys and claim logic live in the
+//! `kinde_rls_core` crate; settings in [`gucs`]; the request identity and its caches in
+//! [`identity`]; the SQLSTATE mapping in [`errors`].
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{Map, Value};
+
+mod errors;
+mod gucs;
+mod identity;
+
+use kinde_rls_core::{claims, explicit_keys, Error, Policy};
+
+::pgrx::pg_module_magic!(name, version);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+fn current() -> Option<std::rc::Rc<identity::Identity>> {
+    identity::current().unwrap_or_else(|e| errors::raise(&e))
+}
+
+fn obj_or_raise(claims_json: Value, arg: &str) -> Map<String, Value> {
+    match claims_json {
+        Value::Object(m) => m,
+        _ => errors::config(&kinde_rls_core::ConfigError::new(
+            arg,
+            format!("{arg} must be a JSON object"),
+            format!("Pass a jsonb object as {arg}, e.g. '{{\"sub\": \"kp_123\"}}'."),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification
+
+/// Verify a token against the configured keys and rules; returns its claims.
+#[pg_extern(stable, strict, parallel_safe)]
+fn verify_jwt(token: &str) -> JsonB {
+    let id = identity::verify_configured(token.trim()).unwrap_or_else(|e| errors::raise(&e));
+    JsonB(Value::Object(id.claims.clone()))
+}
+
+/// Verify a token with an explicit key (HMAC secret, PEM public key, or JWK/JWKS JSON text).
+/// Checks the signature and the time claims (`exp` required, `nbf` honoured).
+#[pg_extern(name = "verify_jwt", stable, strict, parallel_safe)]
+fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256'")) -> JsonB {
+    let (keys, alg) = explicit_keys(key, algorithm).unwrap_or_else(|e| errors::config(&e));
+    let policy = Policy {
+        issuers: vec![],
+        audiences: vec![],
+        leeway: i64::from(gucs::LEEWAY.get()),
+        require_sub: false,
+    };
+    let now = identity::now();
+    let token = token.trim().to_owned();
+    let verified = errors::guarded(move || {
+        let v = kinde_rls_core::verify(&token, &keys, &policy, now)?;
+        let header_alg = v.header.get("alg").and_then(Value::as_str).unwrap_or_default();
+        if header_alg != kinde_rls_core::keys::algorithm_name(alg) {
+            return Err(Error::Refused(kinde_rls_core::Refusal::new(
+                kinde_rls_core::Check::Algorithm,
+                format!(
+                    "the token's alg is {}, the caller expects {}",
+                    kinde_rls_core::error::quote(header_alg),
+                    kinde_rls_core::keys::algorithm_name(alg)
+                ),
+            )));
+        }
+        Ok(v)
+    })
+    .unwrap_or_else(|e| errors::raise(&e));
+    JsonB(Value::Object(verified.claims))
+}
+
+/// Sign claims into a compact JWS. For tests, demos and the HS256 re-signing flow.
+#[pg_extern(volatile, strict, parallel_safe)]
+fn sign_jwt(claims: JsonB, key: &str, algorithm: default!(&str, "'HS256'")) -> String {
+    let claims = obj_or_raise(claims.0, "claims");
+    kinde_rls_core::sign::sign(&claims, key, algorithm, None).unwrap_or_else(|e| errors::config(&e))
+}
+
+/// Sign with extra protected-header members, e.g. `'{"kid": "k1"}'`.
+#[pg_extern(name = "sign_jwt", volatile, strict, parallel_safe)]
+fn sign_jwt_with_header(claims: JsonB, key: &str, algorithm: &str, header: JsonB) -> String {
+    let claims = obj_or_raise(claims.0, "claims");
+    let header = obj_or_raise(header.0, "header");
+    kinde_rls_core::sign::sign(&claims, key, algorithm, Some(&header)).unwrap_or_else(|e| errors::config(&e))
+}
+
+/// `{"header": …, "payload": …}` of a token, WITHOUT verifying anything. For debugging only.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn jwt_decode_unverified(token: &str) -> JsonB {
+    let token = token.trim();
+    let (header, payload, _, _) =
+        kinde_rls_core::token::decode_parts(token).unwrap_or_else(|r| errors::refuse(&r));
+    JsonB(serde_json::json!({ "header": header, "payload": payload }))
+}
+
+/// One row per rule, against the current settings: why a token would be accepted or refused.
+#[pg_extern(stable, strict, parallel_safe)]
+fn jwt_explain(
+    token: &str,
+) -> TableIterator<'static, (name!(check, String), name!(ok, Option<bool>), name!(detail, String))> {
+    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    let now = identity::now();
+    let token = token.trim().to_owned();
+    let rows = std::panic::catch_unwind(move || kinde_rls_core::explain(&token, &config.keys.keys, &config.policy, now))
+        .unwrap_or_default();
+    TableIterator::new(rows.into_iter().map(|r| (r.check.as_str().to_string(), r.ok, r.detail)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request identity: STABLE so that `user_id = get_user_id()` can drive an index scan.
+
+/// The verified `sub` of the current request, or NULL when there is no token.
+#[pg_extern(stable, parallel_safe)]
+fn get_user_id() -> Option<String> {
+    current().and_then(|i| i.sub.clone())
+}
+
+/// All verified claims of the current request, or NULL.
+#[pg_extern(stable, parallel_safe)]
+fn get_claims() -> Option<JsonB> {
+    current().map(|i| JsonB(Value::Object(i.claims.clone())))
+}
+
+/// One verified claim, or NULL.
+#[pg_extern(stable, strict, parallel_safe)]
+fn get_claim(name: &str) -> Option<JsonB> {
+    current().and_then(|i| i.claims.get(name).cloned()).map(JsonB)
+}
+
+/// The verified `email` claim, or NULL.
+#[pg_extern(stable, parallel_safe)]
+fn get_email() -> Option<String> {
+    current().and_then(|i| claims::email(&i.claims).map(String::from))
+}
+
+/// `iss || '|' || sub`: unique across issuers.
+#[pg_extern(stable, parallel_safe)]
+fn get_token_identifier() -> Option<String> {
+    current().and_then(|i| claims::token_identifier(&i.claims))
+}
+
+/// Kinde `org_code`, or NULL.
+#[pg_extern(stable, parallel_safe)]
+fn get_org_code() -> Option<String> {
+    current().and_then(|i| claims::org_code(&i.claims).map(String::from))
+}
+
+/// Does the verified token's Kinde `permissions` array contain `permission`? False when anonymous.
+#[pg_extern(stable, strict, parallel_safe)]
+fn has_permission(permission: &str) -> bool {
+    current().is_some_and(|i| claims::has_permission(&i.claims, permission))
+}
+
+/// Does the verified token's Kinde `roles` array hold a role with this `key`? False when anonymous.
+#[pg_extern(stable, strict, parallel_safe)]
+fn has_role(role_key: &str) -> bool {
+    current().is_some_and(|i| claims::has_role(&i.claims, role_key))
+}
+
+/// The value (`v`) of a Kinde feature flag, or NULL.
+#[pg_extern(stable, strict, parallel_safe)]
+fn get_feature_flag(name: &str) -> Option<JsonB> {
+    current().and_then(|i| claims::feature_flag(&i.claims, name).cloned()).map(JsonB)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'kinde_rls'"]
+    }
+}
