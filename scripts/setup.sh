@@ -26,9 +26,9 @@ if ! grep -q "pg$PG" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
 fi
 # Independent JOSE implementation for minting test tokens.
 VENV="${KINDE_RLS_VENV:-$HOME/.cache/kinde_rls/venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import jwt, cryptography, psycopg' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import jwt, cryptography, psycopg, pytest' 2>/dev/null; then
   echo "setup: creating python venv with PyJWT, cryptography, psycopg"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q 'PyJWT[crypto]==2.10.1' 'cryptography>=42' 'psycopg[binary]>=3.1'
+  "$VENV/bin/pip" install -q 'PyJWT[crypto]==2.10.1' 'cryptography>=42' 'psycopg[binary]>=3.1' 'pytest>=8'
 fi
 echo "setup: ready (PostgreSQL $PG, cargo-pgrx $(cargo pgrx --version | awk '{print $2}'))"

@@ -21,6 +21,7 @@ pub static ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 pub static AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static JWKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SECRET_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static LEEWAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static TRUST_REQUEST_CLAIMS: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -130,6 +131,16 @@ pub fn init() {
             PGC_SUSET,
             GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
             Some(check_secret),
+            Some(config_changed_str),
+        );
+        define_string(
+            c"kinde_rls.secret_file",
+            c"A file holding the HMAC secret, readable only by the server's OS user.",
+            c"The setting holds a path, not the secret: safe in postgresql.conf and in the server log.",
+            &SECRET_FILE,
+            PGC_SUSET,
+            none,
+            None,
             Some(config_changed_str),
         );
         define_string(

@@ -59,6 +59,7 @@ struct State {
     cache: HashMap<Rc<str>, Rc<Identity>>,
     order: VecDeque<Rc<str>>,
     last: Option<Last>,
+    secret_file_stamp: FileStamp,
 }
 
 thread_local! {
@@ -73,13 +74,53 @@ pub fn now() -> i64 {
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
 }
 
+/// Identity of the secret file's content, to notice when it is replaced.
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &str) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Read `kinde_rls.secret_file`: it must not be readable by other OS users, and its content
+/// (less a trailing newline) is the secret. Errors name the path, never the content.
+fn read_secret_file(path: &str) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |m: String| {
+        ConfigError::new(
+            "kinde_rls.secret_file",
+            m,
+            "Set kinde_rls.secret_file to a file owned by the server's OS user with mode 0600 or 0640.",
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("kinde_rls.secret_file {path:?} cannot be read: {e}")))?;
+    if meta.permissions().mode() & 0o007 != 0 {
+        return Err(bad(format!("kinde_rls.secret_file {path:?} is readable by other OS users")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("kinde_rls.secret_file {path:?} cannot be read: {e}")))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 /// The verification settings as they are now.
 pub fn settings_config() -> Result<Config, ConfigError> {
+    let file_secret = match gucs::str_value(&gucs::SECRET_FILE) {
+        Some(path) => {
+            if gucs::str_value(&gucs::SECRET).is_some() {
+                return Err(ConfigError::new(
+                    "kinde_rls.secret_file",
+                    "both kinde_rls.secret and kinde_rls.secret_file are set",
+                    "Set only one of kinde_rls.secret and kinde_rls.secret_file.",
+                ));
+            }
+            Some(read_secret_file(path)?)
+        }
+        None => None,
+    };
     Config::from_settings(&Settings {
         issuer: gucs::str_value(&gucs::ISSUER),
         audience: gucs::str_value(&gucs::AUDIENCE),
         jwks: gucs::str_value(&gucs::JWKS),
-        secret: gucs::str_value(&gucs::SECRET),
+        secret: file_secret.as_deref().or(gucs::str_value(&gucs::SECRET)),
         leeway: i64::from(gucs::LEEWAY.get()),
         require_sub: gucs::REQUIRE_SUB.get(),
     })
@@ -98,11 +139,20 @@ impl State {
     }
 
     fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
+        // A replaced secret file invalidates everything verified with the old secret.
+        let file_stamp = gucs::str_value(&gucs::SECRET_FILE).and_then(stamp);
+        if file_stamp != self.secret_file_stamp {
+            self.config = None;
+            self.cache.clear();
+            self.order.clear();
+            self.last = None;
+        }
         if let Some(c) = &self.config {
             return Ok(c.clone());
         }
         let c = Rc::new(settings_config()?);
         self.config = Some(c.clone());
+        self.secret_file_stamp = file_stamp;
         Ok(c)
     }
 

@@ -61,19 +61,7 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
     let now = identity::now();
     let token = token.trim().to_owned();
     let verified = errors::guarded(move || {
-        let v = kinde_rls_core::verify(&token, &keys, &policy, now)?;
-        let header_alg = v.header.get("alg").and_then(Value::as_str).unwrap_or_default();
-        if header_alg != kinde_rls_core::keys::algorithm_name(alg) {
-            return Err(Error::Refused(kinde_rls_core::Refusal::new(
-                kinde_rls_core::Check::Algorithm,
-                format!(
-                    "the token's alg is {}, the caller expects {}",
-                    kinde_rls_core::error::quote(header_alg),
-                    kinde_rls_core::keys::algorithm_name(alg)
-                ),
-            )));
-        }
-        Ok(v)
+        kinde_rls_core::verify::verify_expecting(&token, &keys, &policy, now, Some(alg)).map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
     JsonB(Value::Object(verified.claims))
@@ -174,7 +162,7 @@ fn get_feature_flag(name: &str) -> Option<JsonB> {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-mod tests;
+mod pg_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

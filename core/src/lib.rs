@@ -19,7 +19,7 @@ pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtok
     let alg = keys::parse_algorithm(algorithm).map_err(|e| {
         ConfigError::new("algorithm", e, "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.")
     })?;
-    let bad_key = |m: String| ConfigError::new("key", m, "Pass an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.");
+    let bad_key = |m: String| ConfigError::new("key", m, "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.");
     let list = if key.trim_start().starts_with("-----BEGIN") {
         vec![keys::key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
     } else if key.trim_start().starts_with('{') {
@@ -34,7 +34,7 @@ pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtok
                     keys::min_hmac_bytes(alg),
                     key.len()
                 ),
-                "Use the full secret (RFC 7518 §3.2 requires a secret as long as the hash).",
+                "Pass the full secret as key (RFC 7518 §3.2 requires a secret as long as the hash).",
             ));
         }
         vec![Key::hmac(key.as_bytes())]
@@ -43,7 +43,7 @@ pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtok
         return Err(ConfigError::new(
             "algorithm",
             reason,
-            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key.",
+            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
         ));
     }
     Ok((list, alg))

@@ -21,7 +21,7 @@ pub fn sign(
     extra_header: Option<&Map<String, Value>>,
 ) -> Result<String, ConfigError> {
     let alg = parse_algorithm(algorithm).map_err(|e| {
-        arg_error("algorithm", e, "Pass one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.")
+        arg_error("algorithm", e, "Pass as algorithm one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.")
     })?;
     let enc = encoding_key(key, alg)?;
     let mut header = Map::new();
@@ -39,7 +39,7 @@ pub fn sign(
         arg_error(
             "key",
             format!("the key cannot sign with {}", algorithm_name(alg)),
-            "Pass a private key of the algorithm's type (RSA for RS*/PS*, EC P-256/P-384 for ES256/ES384, Ed25519 for EdDSA).",
+            "Pass as key a private key of the algorithm's type (RSA for RS*/PS*, EC P-256/P-384 for ES256/ES384, Ed25519 for EdDSA).",
         )
     })?;
     Ok(format!("{input}.{sig}"))
@@ -47,7 +47,7 @@ pub fn sign(
 
 fn encoding_key(key: &str, alg: Algorithm) -> Result<EncodingKey, ConfigError> {
     use jsonwebtoken::AlgorithmFamily::*;
-    let pem_hint = "Pass the private key as PEM (-----BEGIN PRIVATE KEY-----).";
+    let pem_hint = "Pass as key the private key as PEM (-----BEGIN PRIVATE KEY-----).";
     let bad_pem = |what: &str| arg_error("key", format!("the key is not a PEM {what} private key"), pem_hint);
     match alg.family() {
         Hmac => {
@@ -55,7 +55,7 @@ fn encoding_key(key: &str, alg: Algorithm) -> Result<EncodingKey, ConfigError> {
                 return Err(arg_error(
                     "key",
                     format!("{} takes a shared secret, not a PEM key", algorithm_name(alg)),
-                    "Pass the HMAC secret, or choose the algorithm that fits the key.",
+                    "Pass the HMAC secret as key, or choose the algorithm that fits the key.",
                 ));
             }
             if key.len() < min_hmac_bytes(alg) {
@@ -67,7 +67,7 @@ fn encoding_key(key: &str, alg: Algorithm) -> Result<EncodingKey, ConfigError> {
                         min_hmac_bytes(alg),
                         key.len()
                     ),
-                    "Use a longer secret (RFC 7518 §3.2).",
+                    "Pass a longer secret as key (RFC 7518 §3.2).",
                 ));
             }
             Ok(EncodingKey::from_secret(key.as_bytes()))

@@ -169,6 +169,9 @@ pub fn check_algorithm(p: &Parsed) -> Result<Algorithm, Refusal> {
 /// Choose the keys that may verify this token. A `kid` that matches selects those keys; a `kid`
 /// that matches none may still be verified by keys that have no `kid` (a PEM or a secret).
 pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Result<Vec<&'k Key>, Refusal> {
+    if keys.is_empty() {
+        return Err(Refusal::new(Check::Key, "no verification key is configured"));
+    }
     let permitted = |k: &&Key| k.permits(alg).is_ok();
     let first_reason = |pool: &[&Key]| {
         pool.first()
@@ -200,13 +203,17 @@ pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Re
             fit
         }
     } else {
-        let all: Vec<&Key> = keys.iter().collect();
-        let fit: Vec<&Key> = all.iter().copied().filter(permitted).collect();
+        let fit: Vec<&Key> = keys.iter().filter(permitted).collect();
         if fit.is_empty() {
+            // Prefer the reason of a key of the token's own family (e.g. "HS512 needs a secret
+            // of at least 64 bytes") over a generic one.
+            let same_family: Vec<&Key> =
+                keys.iter().filter(|k| k.kind.algorithms().iter().any(|a| a.family() == alg.family())).collect();
+            let pool: Vec<&Key> = if same_family.is_empty() { keys.iter().collect() } else { same_family };
             return Err(Refusal::new(
                 Check::Algorithm,
-                if all.len() == 1 {
-                    first_reason(&all)
+                if pool.len() == 1 {
+                    first_reason(&pool)
                 } else {
                     format!("no configured key can verify {}", algorithm_name(alg))
                 },
@@ -370,8 +377,26 @@ pub fn check_claims(claims: &Map<String, Value>, policy: &Policy, now: i64) -> R
 
 /// Verify a token against keys and rules at time `now` (seconds since the epoch).
 pub fn verify(token: &str, keys: &[Key], policy: &Policy, now: i64) -> Result<Verified, Refusal> {
+    verify_expecting(token, keys, policy, now, None)
+}
+
+/// [`verify`], additionally requiring the header's `alg` to be `expected` (the explicit-key form,
+/// where the caller names the algorithm).
+pub fn verify_expecting(
+    token: &str,
+    keys: &[Key],
+    policy: &Policy,
+    now: i64,
+    expected: Option<Algorithm>,
+) -> Result<Verified, Refusal> {
     let p = parse(token)?;
     let alg = check_algorithm(&p)?;
+    if let Some(e) = expected.filter(|e| *e != alg) {
+        return Err(Refusal::new(
+            Check::Algorithm,
+            format!("the token's alg is {}, the caller expects {}", algorithm_name(alg), algorithm_name(e)),
+        ));
+    }
     let candidates = select_keys(keys, alg, p.kid.as_deref())?;
     check_signature(&p, alg, &candidates)?;
     let exp = check_claims(&p.payload, policy, now)?;

@@ -2,7 +2,7 @@
 //! non-superuser, with tokens minted by PyJWT, live in tests/integration.
 
 #[pgrx::pg_schema]
-mod pg {
+mod tests {
     use pgrx::prelude::*;
 
     const SECRET: &str = "kinde-client-secret-0123456789abcdefghijklmnop";

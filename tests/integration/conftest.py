@@ -1,0 +1,100 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from kinde import CLIENT_SECRET, KINDE_ISS, Signer, jwks  # noqa: E402
+from pg import Cluster  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TODOS_SQL = os.path.join(ROOT, "sql", "examples", "todos.sql")
+
+
+def write_server_file(path, text, mode):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+@pytest.fixture(scope="session")
+def signers():
+    """One key per algorithm family, plus an RSA key the database never learns about."""
+    return {
+        "rsa": Signer("rsa"),
+        "rsa_other": Signer("rsa"),
+        "p256": Signer("p256"),
+        "p384": Signer("p384"),
+        "ed25519": Signer("ed25519"),
+        "rsa1024": Signer("rsa1024"),
+        "stranger": Signer("rsa"),
+    }
+
+
+@pytest.fixture(scope="session")
+def cluster(signers):
+    """The main cluster: kinde_rls in shared_preload_libraries, database `app` with the todo
+    example, a non-superuser login role `app_user`, keys and issuer set as a superuser would."""
+    c = Cluster("main", preload=True)
+    try:
+        c.psql("CREATE DATABASE app")
+        with c.connect(dbname="app") as db:
+            db.execute("CREATE EXTENSION kinde_rls")
+            db.execute(open(TODOS_SQL).read())
+            db.execute("CREATE ROLE app_user LOGIN")
+            db.execute("GRANT authenticated TO app_user")
+            db.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON todos TO app_user")
+            keyset = jwks(*(signers[k] for k in ("rsa", "rsa_other", "p256", "p384", "ed25519")))
+            db.execute(f"ALTER DATABASE app SET kinde_rls.jwks = '{keyset}'")
+            db.execute(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}'")
+            # The HMAC secret lives in a file only the server can read; the setting is a path.
+            secret_path = os.path.join(c.dir, "kinde_client_secret")
+            write_server_file(secret_path, CLIENT_SECRET + "\n", 0o600)
+            db.execute(f"ALTER SYSTEM SET kinde_rls.secret_file = '{secret_path}'")
+            db.execute("SELECT pg_reload_conf()")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def user_conn(cluster):
+    """A fresh connection as the non-superuser `app_user`, the way an app connects."""
+    with cluster.connect(user="app_user", dbname="app") as conn:
+        yield conn
+
+
+@pytest.fixture
+def su_conn(cluster):
+    with cluster.connect(dbname="app") as conn:
+        yield conn
+
+
+@pytest.fixture
+def db_settings(cluster):
+    """Set per-database settings as a superuser for one test; restored afterwards."""
+    changed = []
+
+    def set_(name, value):
+        with cluster.connect(dbname="app") as c:
+            c.execute(f"ALTER DATABASE app SET {name} = '{value}'")
+        changed.append(name)
+
+    yield set_
+    if changed:
+        with cluster.connect(dbname="app") as c:
+            for name in changed:
+                c.execute(f"ALTER DATABASE app RESET {name}")
+        # Restore the session defaults the main fixture set.
+        with cluster.connect(dbname="app") as c:
+            for name in changed:
+                if name == "kinde_rls.issuer":
+                    c.execute(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}'")
+                if name == "kinde_rls.jwks":
+                    raise RuntimeError("tests must not replace the main key set")

@@ -1,0 +1,55 @@
+"""The SQL surface is a contract: names, signatures, volatility, parallel safety, schema."""
+
+from helpers import one
+
+EXPECTED = {
+    # name(identity args) -> (result, volatility, parallel)
+    "verify_jwt(token text)": ("jsonb", "s", "s"),
+    "verify_jwt(token text, key text, algorithm text)": ("jsonb", "s", "s"),
+    "sign_jwt(claims jsonb, key text, algorithm text)": ("text", "v", "s"),
+    "sign_jwt(claims jsonb, key text, algorithm text, header jsonb)": ("text", "v", "s"),
+    "jwt_decode_unverified(token text)": ("jsonb", "i", "s"),
+    "jwt_explain(token text)": ("TABLE(\"check\" text, ok boolean, detail text)", "s", "s"),
+    "get_user_id()": ("text", "s", "s"),
+    "get_claims()": ("jsonb", "s", "s"),
+    "get_claim(name text)": ("jsonb", "s", "s"),
+    "get_email()": ("text", "s", "s"),
+    "get_token_identifier()": ("text", "s", "s"),
+    "get_org_code()": ("text", "s", "s"),
+    "has_permission(permission text)": ("boolean", "s", "s"),
+    "has_role(role_key text)": ("boolean", "s", "s"),
+    "get_feature_flag(name text)": ("jsonb", "s", "s"),
+}
+
+
+def test_functions_have_their_contract_signatures(su_conn):
+    rows = su_conn.execute(
+        """SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+                  pg_get_function_result(p.oid), p.provolatile::text, p.proparallel::text, n.nspname
+           FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+           JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'kinde_rls'
+           JOIN pg_namespace n ON n.oid = p.pronamespace"""
+    ).fetchall()
+    got = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    assert got == EXPECTED
+    assert {r[4] for r in rows} == {"public"}
+
+
+def test_defaults_are_hs256(su_conn):
+    args = one(su_conn, "SELECT pg_get_function_arguments('verify_jwt(text,text,text)'::regprocedure)")
+    assert args == "token text, key text, algorithm text DEFAULT 'HS256'::text"
+    args = one(su_conn, "SELECT pg_get_function_arguments('sign_jwt(jsonb,text,text)'::regprocedure)")
+    assert args == "claims jsonb, key text, algorithm text DEFAULT 'HS256'::text"
+
+
+def test_extension_is_trusted_and_not_relocatable(su_conn):
+    row = su_conn.execute(
+        "SELECT superuser, trusted, relocatable FROM pg_available_extension_versions WHERE name = 'kinde_rls'"
+    ).fetchone()
+    assert row == (True, True, False)
+
+
+def test_get_user_id_drives_an_index_scan(su_conn):
+    su_conn.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in su_conn.execute("EXPLAIN SELECT * FROM todos WHERE user_id = get_user_id()"))
+    assert "Index" in plan and "todos_user_id_idx" in plan, plan
