@@ -23,9 +23,13 @@ pub fn refuse(r: &Refusal) -> ! {
 }
 
 pub fn config(c: &ConfigError) -> ! {
-    ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, c.message.clone(), "kinde_rls")
-        .set_hint(c.hint.clone())
-        .report(PgLogLevel::ERROR);
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        c.message.clone(),
+        "kinde_rls",
+    )
+    .set_hint(c.hint.clone())
+    .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 
@@ -38,7 +42,9 @@ pub fn raise(e: &Error) -> ! {
 
 /// Run pure core code, turning a panic (a bug, never expected) into a refusal instead of letting
 /// it surface as XX000: the token is not trusted when the verifier misbehaves.
-pub fn guarded<T>(f: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe) -> Result<T, Error> {
+pub fn guarded<T>(
+    f: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe,
+) -> Result<T, Error> {
     std::panic::catch_unwind(f).unwrap_or_else(|_| {
         Err(Error::Refused(Refusal::new(
             kinde_rls_core::Check::Format,

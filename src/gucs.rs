@@ -52,7 +52,12 @@ unsafe extern "C-unwind" fn check_secret(
 ) -> bool {
     use pg_sys::GucSource::*;
     let empty = newval.is_null() || (*newval).is_null() || *(*newval) == 0;
-    if empty || !matches!(source, PGC_S_TEST | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER) {
+    if empty
+        || !matches!(
+            source,
+            PGC_S_TEST | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+        )
+    {
         return true;
     }
     pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(

@@ -36,7 +36,11 @@ pub struct Identity {
 impl Identity {
     fn new(claims: Map<String, Value>, valid_until: i64) -> Self {
         let sub = claims::subject(&claims).map(String::from);
-        Identity { claims, sub, valid_until }
+        Identity {
+            claims,
+            sub,
+            valid_until,
+        }
     }
 }
 
@@ -44,7 +48,10 @@ impl Identity {
 #[derive(PartialEq)]
 enum Key {
     Token(u64),
-    Request { headers: Option<String>, claims: Option<String> },
+    Request {
+        headers: Option<String>,
+        claims: Option<String>,
+    },
 }
 
 struct Last {
@@ -93,11 +100,21 @@ fn read_secret_file(path: &str) -> Result<String, ConfigError> {
             "Set kinde_rls.secret_file to a file owned by the server's OS user with mode 0600 or 0640.",
         )
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(format!("kinde_rls.secret_file {path:?} cannot be read: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        bad(format!(
+            "kinde_rls.secret_file {path:?} cannot be read: {e}"
+        ))
+    })?;
     if meta.permissions().mode() & 0o007 != 0 {
-        return Err(bad(format!("kinde_rls.secret_file {path:?} is readable by other OS users")));
+        return Err(bad(format!(
+            "kinde_rls.secret_file {path:?} is readable by other OS users"
+        )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("kinde_rls.secret_file {path:?} cannot be read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "kinde_rls.secret_file {path:?} cannot be read: {e}"
+        ))
+    })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -170,7 +187,8 @@ impl State {
             let config = config.clone();
             let token = token.to_owned();
             guarded(move || {
-                kinde_rls_core::verify(&token, &config.keys.keys, &config.policy, now).map_err(Error::from)
+                kinde_rls_core::verify(&token, &config.keys.keys, &config.policy, now)
+                    .map_err(Error::from)
             })?
         };
         let valid_until = verified.exp.saturating_add(config.policy.leeway);
@@ -247,14 +265,24 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         }
         s.last = None;
         let id = s.verify(token.trim(), now)?;
-        s.last = Some(Last { key, identity: Some(id.clone()) });
+        s.last = Some(Last {
+            key,
+            identity: Some(id.clone()),
+        });
         return Ok(Some(id));
     }
     let headers = gucs::other_setting(c"request.headers");
     let claims_text = gucs::other_setting(c"request.jwt.claims");
     if let Some(last) = &s.last {
-        if let Key::Request { headers: h, claims: c } = &last.key {
-            if h.as_deref() == headers && c.as_deref() == claims_text && still_valid(&last.identity, now) {
+        if let Key::Request {
+            headers: h,
+            claims: c,
+        } = &last.key
+        {
+            if h.as_deref() == headers
+                && c.as_deref() == claims_text
+                && still_valid(&last.identity, now)
+            {
                 return Ok(last.identity.clone());
             }
         }
@@ -274,7 +302,10 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         None
     };
     s.last = Some(Last {
-        key: Key::Request { headers: headers.map(String::from), claims: claims_text.map(String::from) },
+        key: Key::Request {
+            headers: headers.map(String::from),
+            claims: claims_text.map(String::from),
+        },
         identity: identity.clone(),
     });
     Ok(identity)
@@ -283,10 +314,11 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
 /// `request.jwt.claims` taken as verified because a superuser said so. It must still be a JSON
 /// object; anything else is refused rather than read as anonymous.
 fn trusted_claims(text: &str) -> Result<Option<Rc<Identity>>, Error> {
-    let map = token::parse_object(text.as_bytes(), "request.jwt.claims").map_err(|mut r: Refusal| {
-        r.detail = format!("{} (kinde_rls.trust_request_claims is on)", r.detail);
-        r
-    })?;
+    let map =
+        token::parse_object(text.as_bytes(), "request.jwt.claims").map_err(|mut r: Refusal| {
+            r.detail = format!("{} (kinde_rls.trust_request_claims is on)", r.detail);
+            r
+        })?;
     if map.is_empty() {
         return Ok(None);
     }
@@ -299,9 +331,18 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        assert_eq!(bearer_from_headers(r#"{"authorization":"Bearer a.b.c"}"#).as_deref(), Some("a.b.c"));
-        assert_eq!(bearer_from_headers(r#"{"authorization":"bearer   a.b.c "}"#).as_deref(), Some("a.b.c"));
-        assert_eq!(bearer_from_headers(r#"{"authorization":"Basic abc"}"#), None);
+        assert_eq!(
+            bearer_from_headers(r#"{"authorization":"Bearer a.b.c"}"#).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            bearer_from_headers(r#"{"authorization":"bearer   a.b.c "}"#).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            bearer_from_headers(r#"{"authorization":"Basic abc"}"#),
+            None
+        );
         assert_eq!(bearer_from_headers(r#"{"accept":"*/*"}"#), None);
         assert_eq!(bearer_from_headers("not json"), None);
     }

@@ -61,7 +61,8 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
     let now = identity::now();
     let token = token.trim().to_owned();
     let verified = errors::guarded(move || {
-        kinde_rls_core::verify::verify_expecting(&token, &keys, &policy, now, Some(alg)).map_err(Error::from)
+        kinde_rls_core::verify::verify_expecting(&token, &keys, &policy, now, Some(alg))
+            .map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
     JsonB(Value::Object(verified.claims))
@@ -79,29 +80,41 @@ fn sign_jwt(claims: JsonB, key: &str, algorithm: default!(&str, "'HS256'")) -> S
 fn sign_jwt_with_header(claims: JsonB, key: &str, algorithm: &str, header: JsonB) -> String {
     let claims = obj_or_raise(claims.0, "claims");
     let header = obj_or_raise(header.0, "header");
-    kinde_rls_core::sign::sign(&claims, key, algorithm, Some(&header)).unwrap_or_else(|e| errors::config(&e))
+    kinde_rls_core::sign::sign(&claims, key, algorithm, Some(&header))
+        .unwrap_or_else(|e| errors::config(&e))
 }
 
 /// `{"header": …, "payload": …}` of a token, WITHOUT verifying anything. For debugging only.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn jwt_decode_unverified(token: &str) -> JsonB {
     let token = token.trim();
-    let (header, payload, _, _) =
-        kinde_rls_core::token::decode_parts(token).unwrap_or_else(|r| errors::refuse(&r));
-    JsonB(serde_json::json!({ "header": header, "payload": payload }))
+    let parts = kinde_rls_core::token::decode_parts(token).unwrap_or_else(|r| errors::refuse(&r));
+    JsonB(serde_json::json!({ "header": parts.header, "payload": parts.payload }))
 }
 
 /// One row per rule, against the current settings: why a token would be accepted or refused.
 #[pg_extern(stable, strict, parallel_safe)]
 fn jwt_explain(
     token: &str,
-) -> TableIterator<'static, (name!(check, String), name!(ok, Option<bool>), name!(detail, String))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(check, String),
+        name!(ok, Option<bool>),
+        name!(detail, String),
+    ),
+> {
     let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
     let now = identity::now();
     let token = token.trim().to_owned();
-    let rows = std::panic::catch_unwind(move || kinde_rls_core::explain(&token, &config.keys.keys, &config.policy, now))
-        .unwrap_or_default();
-    TableIterator::new(rows.into_iter().map(|r| (r.check.as_str().to_string(), r.ok, r.detail)))
+    let rows = std::panic::catch_unwind(move || {
+        kinde_rls_core::explain(&token, &config.keys.keys, &config.policy, now)
+    })
+    .unwrap_or_default();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| (r.check.as_str().to_string(), r.ok, r.detail)),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,7 +135,9 @@ fn get_claims() -> Option<JsonB> {
 /// One verified claim, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
 fn get_claim(name: &str) -> Option<JsonB> {
-    current().and_then(|i| i.claims.get(name).cloned()).map(JsonB)
+    current()
+        .and_then(|i| i.claims.get(name).cloned())
+        .map(JsonB)
 }
 
 /// The verified `email` claim, or NULL.
@@ -158,7 +173,9 @@ fn has_role(role_key: &str) -> bool {
 /// The value (`v`) of a Kinde feature flag, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
 fn get_feature_flag(name: &str) -> Option<JsonB> {
-    current().and_then(|i| claims::feature_flag(&i.claims, name).cloned()).map(JsonB)
+    current()
+        .and_then(|i| claims::feature_flag(&i.claims, name).cloned())
+        .map(JsonB)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

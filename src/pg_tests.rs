@@ -8,30 +8,59 @@ mod tests {
     const SECRET: &str = "kinde-client-secret-0123456789abcdefghijklmnop";
 
     fn sign(claims: &str) -> String {
-        Spi::get_one::<String>(&format!("SELECT sign_jwt('{claims}'::jsonb, '{SECRET}')")).unwrap().unwrap()
+        Spi::get_one::<String>(&format!("SELECT sign_jwt('{claims}'::jsonb, '{SECRET}')"))
+            .unwrap()
+            .unwrap()
     }
 
     fn future() -> i64 {
-        Spi::get_one::<i64>("SELECT extract(epoch FROM now())::bigint + 3600").unwrap().unwrap()
+        Spi::get_one::<i64>("SELECT extract(epoch FROM now())::bigint + 3600")
+            .unwrap()
+            .unwrap()
     }
 
     #[pg_test]
     fn hs256_round_trip_and_identity() {
         Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(r#"{{"sub":"kp_a","exp":{},"email":"a@example.com","permissions":["read:todos"]}}"#, future()));
+        let t = sign(&format!(
+            r#"{{"sub":"kp_a","exp":{},"email":"a@example.com","permissions":["read:todos"]}}"#,
+            future()
+        ));
         let sub = Spi::get_one::<String>(&format!("SELECT verify_jwt('{t}')->>'sub'")).unwrap();
         assert_eq!(sub.as_deref(), Some("kp_a"));
         Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
-        assert_eq!(Spi::get_one::<String>("SELECT get_user_id()").unwrap().as_deref(), Some("kp_a"));
-        assert_eq!(Spi::get_one::<String>("SELECT get_email()").unwrap().as_deref(), Some("a@example.com"));
-        assert_eq!(Spi::get_one::<bool>("SELECT has_permission('read:todos')").unwrap(), Some(true));
-        assert_eq!(Spi::get_one::<bool>("SELECT has_permission('write:todos')").unwrap(), Some(false));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_user_id()")
+                .unwrap()
+                .as_deref(),
+            Some("kp_a")
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_email()")
+                .unwrap()
+                .as_deref(),
+            Some("a@example.com")
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT has_permission('read:todos')").unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT has_permission('write:todos')").unwrap(),
+            Some(false)
+        );
     }
 
     #[pg_test]
     fn anonymous_is_null() {
-        assert_eq!(Spi::get_one::<String>("SELECT get_user_id()").unwrap(), None);
-        assert_eq!(Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(), Some(false));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_user_id()").unwrap(),
+            None
+        );
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(),
+            Some(false)
+        );
     }
 
     #[pg_test(error = "JWT refused: signature check failed (invalid signature)")]
@@ -66,9 +95,17 @@ mod tests {
     #[pg_test]
     fn settings_change_invalidates_cache() {
         Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(r#"{{"sub":"kp_a","exp":{},"iss":"https://acme.kinde.com"}}"#, future()));
+        let t = sign(&format!(
+            r#"{{"sub":"kp_a","exp":{},"iss":"https://acme.kinde.com"}}"#,
+            future()
+        ));
         Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
-        assert_eq!(Spi::get_one::<String>("SELECT get_user_id()").unwrap().as_deref(), Some("kp_a"));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_user_id()")
+                .unwrap()
+                .as_deref(),
+            Some("kp_a")
+        );
         Spi::run("SET kinde_rls.issuer = 'https://other.kinde.com'").unwrap();
         let r = Spi::get_one::<bool>(&format!(
             "SELECT bool_and(ok) FROM jwt_explain('{t}') WHERE \"check\" = 'iss'"
@@ -91,9 +128,21 @@ mod tests {
             future()
         ));
         Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
-        assert_eq!(Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(), Some(true));
-        assert_eq!(Spi::get_one::<String>("SELECT get_feature_flag('theme') #>> '{}'").unwrap().as_deref(), Some("pink"));
-        assert_eq!(Spi::get_one::<String>("SELECT get_org_code()").unwrap().as_deref(), Some("org_1"));
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_feature_flag('theme') #>> '{}'")
+                .unwrap()
+                .as_deref(),
+            Some("pink")
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT get_org_code()")
+                .unwrap()
+                .as_deref(),
+            Some("org_1")
+        );
     }
-
 }

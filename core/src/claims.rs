@@ -95,7 +95,8 @@ mod tests {
     #[test]
     fn odd_shapes_answer_no() {
         let c: Map<String, Value> =
-            serde_json::from_str(r#"{"permissions": "read:todos", "roles": ["admin"], "sub": ""}"#).unwrap();
+            serde_json::from_str(r#"{"permissions": "read:todos", "roles": ["admin"], "sub": ""}"#)
+                .unwrap();
         assert!(!has_permission(&c, "read:todos"));
         assert!(has_role(&c, "admin"));
         assert_eq!(subject(&c), None);

@@ -78,12 +78,19 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(check: Check, detail: impl Into<String>) -> Self {
-        Refusal { check, detail: detail.into() }
+        Refusal {
+            check,
+            detail: detail.into(),
+        }
     }
 
     /// The primary error message, naming the failed check.
     pub fn message(&self) -> String {
-        format!("JWT refused: {} check failed ({})", self.check, self.check.headline())
+        format!(
+            "JWT refused: {} check failed ({})",
+            self.check,
+            self.check.headline()
+        )
     }
 }
 
@@ -103,8 +110,16 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(setting: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        ConfigError { setting: setting.into(), message: message.into(), hint: hint.into() }
+    pub fn new(
+        setting: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            setting: setting.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
 }
 

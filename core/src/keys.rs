@@ -210,7 +210,9 @@ fn pkcs1_modulus_bits(der: &[u8]) -> Option<usize> {
 
 fn check_rsa_bits(bits: usize) -> Result<(), String> {
     if bits < MIN_RSA_BITS {
-        return Err(format!("the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"));
+        return Err(format!(
+            "the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
+        ));
     }
     Ok(())
 }
@@ -227,7 +229,13 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
             DecodingKeyKind::RsaModulusExponent { n, .. } => bit_len(n),
         };
         check_rsa_bits(bits)?;
-        return Ok(Key { kid: None, kind: KeyKind::Rsa, alg: None, bits, decoding: k });
+        return Ok(Key {
+            kid: None,
+            kind: KeyKind::Rsa,
+            alg: None,
+            bits,
+            decoding: k,
+        });
     }
     if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
         let kind = match k.kind() {
@@ -236,10 +244,22 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
             _ => return Err("unsupported EC curve (P-256 and P-384 are supported)".into()),
         };
         let bits = if kind == KeyKind::EcP256 { 256 } else { 384 };
-        return Ok(Key { kid: None, kind, alg: None, bits, decoding: k });
+        return Ok(Key {
+            kid: None,
+            kind,
+            alg: None,
+            bits,
+            decoding: k,
+        });
     }
     if let Ok(k) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(Key { kid: None, kind: KeyKind::Ed25519, alg: None, bits: 256, decoding: k });
+        return Ok(Key {
+            kid: None,
+            kind: KeyKind::Ed25519,
+            alg: None,
+            bits: 256,
+            decoding: k,
+        });
     }
     Err("not a PEM public key of a supported type (RSA, EC P-256/P-384, Ed25519)".into())
 }
@@ -275,7 +295,10 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
         None | Some(Value::Null) => {}
         Some(Value::String(u)) if u == "sig" => {}
         Some(Value::String(u)) => {
-            return Ok(JwkOutcome::Skipped(format!("use {} is not \"sig\"", quote(u))))
+            return Ok(JwkOutcome::Skipped(format!(
+                "use {} is not \"sig\"",
+                quote(u)
+            )))
         }
         Some(_) => return Err("member use is not a string".into()),
     }
@@ -284,7 +307,10 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
         Some(Value::String(a)) => match parse_algorithm(a) {
             Ok(a) => Some(a),
             Err(_) => {
-                return Ok(JwkOutcome::Skipped(format!("alg {} is not a supported signature algorithm", quote(a))))
+                return Ok(JwkOutcome::Skipped(format!(
+                    "alg {} is not a supported signature algorithm",
+                    quote(a)
+                )))
             }
         },
         Some(_) => return Err("member alg is not a string".into()),
@@ -299,14 +325,23 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
             if e.is_empty() || bit_len(&e) == 0 {
                 return Err("the RSA exponent is empty".into());
             }
-            (KeyKind::Rsa, bits, DecodingKey::from_rsa_raw_components(&n, &e))
+            (
+                KeyKind::Rsa,
+                bits,
+                DecodingKey::from_rsa_raw_components(&n, &e),
+            )
         }
         "EC" => {
             let crv = jwk_str(jwk, "crv")?;
             let (kind, size) = match crv {
                 "P-256" => (KeyKind::EcP256, 32),
                 "P-384" => (KeyKind::EcP384, 48),
-                other => return Ok(JwkOutcome::Skipped(format!("curve {} is not supported", quote(other)))),
+                other => {
+                    return Ok(JwkOutcome::Skipped(format!(
+                        "curve {} is not supported",
+                        quote(other)
+                    )))
+                }
             };
             let x = jwk_bytes(jwk, "x")?;
             let y = jwk_bytes(jwk, "y")?;
@@ -322,7 +357,10 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
         "OKP" => {
             let crv = jwk_str(jwk, "crv")?;
             if crv != "Ed25519" {
-                return Ok(JwkOutcome::Skipped(format!("curve {} is not supported", quote(crv))));
+                return Ok(JwkOutcome::Skipped(format!(
+                    "curve {} is not supported",
+                    quote(crv)
+                )));
             }
             let x = jwk_bytes(jwk, "x")?;
             if x.len() != 32 {
@@ -339,15 +377,32 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
                 "symmetric (oct) keys are not taken from a key set; use kinde_rls.secret".into(),
             ))
         }
-        other => return Ok(JwkOutcome::Skipped(format!("key type {} is not supported", quote(other)))),
+        other => {
+            return Ok(JwkOutcome::Skipped(format!(
+                "key type {} is not supported",
+                quote(other)
+            )))
+        }
     };
     if jwk.contains_key("d") {
-        return Err("this JWK contains a private key (member d); publish only the public part".into());
+        return Err(
+            "this JWK contains a private key (member d); publish only the public part".into(),
+        );
     }
-    let key = Key { kid, kind, alg, bits, decoding };
+    let key = Key {
+        kid,
+        kind,
+        alg,
+        bits,
+        decoding,
+    };
     if let Some(a) = alg {
         if !kind.algorithms().contains(&a) {
-            return Err(format!("alg {} does not fit an {}", algorithm_name(a), kind.name()));
+            return Err(format!(
+                "alg {} does not fit an {}",
+                algorithm_name(a),
+                kind.name()
+            ));
         }
     }
     Ok(JwkOutcome::Key(key))
@@ -365,11 +420,16 @@ pub struct KeySet {
 /// so is a set with no usable key.
 pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
-    let obj = doc.as_object().ok_or("a JWKS or JWK must be a JSON object")?;
+    let obj = doc
+        .as_object()
+        .ok_or("a JWKS or JWK must be a JSON object")?;
     let list: Vec<&Map<String, Value>> = match obj.get("keys") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|k| k.as_object().ok_or_else(|| "every entry of keys must be an object".to_string()))
+            .map(|k| {
+                k.as_object()
+                    .ok_or_else(|| "every entry of keys must be an object".to_string())
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("member keys must be an array".into()),
         None => vec![obj],
@@ -418,7 +478,10 @@ mod tests {
     fn family_decides_algorithms() {
         let k = Key::hmac(&[7u8; 40]);
         assert!(k.permits(Algorithm::HS256).is_ok());
-        assert!(k.permits(Algorithm::HS384).unwrap_err().contains("48 bytes"));
+        assert!(k
+            .permits(Algorithm::HS384)
+            .unwrap_err()
+            .contains("48 bytes"));
         assert!(k.permits(Algorithm::RS256).unwrap_err().contains("HMAC"));
     }
 
@@ -433,7 +496,9 @@ mod tests {
     fn jwks_skips_unsupported_and_refuses_empty() {
         let e = parse_jwks(r#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#, false).unwrap_err();
         assert!(e.contains("no usable"), "{e}");
-        assert!(parse_jwks(r#"{"keys":[]}"#, false).unwrap_err().contains("empty"));
+        assert!(parse_jwks(r#"{"keys":[]}"#, false)
+            .unwrap_err()
+            .contains("empty"));
         assert!(parse_jwks("[1]", false).is_err());
         let e = parse_jwks(r#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#, false).unwrap_err();
         assert!(e.contains("2048"), "{e}");
@@ -453,7 +518,9 @@ mod tests {
 
     #[test]
     fn private_material_is_refused() {
-        assert!(key_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err());
+        assert!(
+            key_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err()
+        );
         let e = parse_jwks(
             r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"AA"}"#,
             false,

@@ -15,17 +15,34 @@ pub use verify::{explain, verify, Config, ExplainRow, Policy, Settings, Verified
 
 /// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
 /// secret. `algorithm` must fit the key: a PEM or JWK is never used as an HMAC secret.
-pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtoken::Algorithm), ConfigError> {
+pub fn explicit_keys(
+    key: &str,
+    algorithm: &str,
+) -> Result<(Vec<Key>, jsonwebtoken::Algorithm), ConfigError> {
     let alg = keys::parse_algorithm(algorithm).map_err(|e| {
-        ConfigError::new("algorithm", e, "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.")
+        ConfigError::new(
+            "algorithm",
+            e,
+            "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.",
+        )
     })?;
-    let bad_key = |m: String| ConfigError::new("key", m, "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.");
+    let bad_key = |m: String| {
+        ConfigError::new(
+            "key",
+            m,
+            "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.",
+        )
+    };
     let list = if key.trim_start().starts_with("-----BEGIN") {
         vec![keys::key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
     } else if key.trim_start().starts_with('{') {
-        parse_jwks(key, true).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?.keys
+        parse_jwks(key, true)
+            .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?
+            .keys
     } else {
-        if key.len() < keys::min_hmac_bytes(alg) && alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+        if key.len() < keys::min_hmac_bytes(alg)
+            && alg.family() == jsonwebtoken::AlgorithmFamily::Hmac
+        {
             return Err(ConfigError::new(
                 "key",
                 format!(
@@ -39,7 +56,12 @@ pub fn explicit_keys(key: &str, algorithm: &str) -> Result<(Vec<Key>, jsonwebtok
         }
         vec![Key::hmac(key.as_bytes())]
     };
-    if let Some(reason) = list.iter().map(|k| k.permits(alg)).find_map(Result::err).filter(|_| list.iter().all(|k| k.permits(alg).is_err())) {
+    if let Some(reason) = list
+        .iter()
+        .map(|k| k.permits(alg))
+        .find_map(Result::err)
+        .filter(|_| list.iter().all(|k| k.permits(alg).is_err()))
+    {
         return Err(ConfigError::new(
             "algorithm",
             reason,

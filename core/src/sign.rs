@@ -48,13 +48,22 @@ pub fn sign(
 fn encoding_key(key: &str, alg: Algorithm) -> Result<EncodingKey, ConfigError> {
     use jsonwebtoken::AlgorithmFamily::*;
     let pem_hint = "Pass as key the private key as PEM (-----BEGIN PRIVATE KEY-----).";
-    let bad_pem = |what: &str| arg_error("key", format!("the key is not a PEM {what} private key"), pem_hint);
+    let bad_pem = |what: &str| {
+        arg_error(
+            "key",
+            format!("the key is not a PEM {what} private key"),
+            pem_hint,
+        )
+    };
     match alg.family() {
         Hmac => {
             if key.trim_start().starts_with("-----BEGIN") {
                 return Err(arg_error(
                     "key",
-                    format!("{} takes a shared secret, not a PEM key", algorithm_name(alg)),
+                    format!(
+                        "{} takes a shared secret, not a PEM key",
+                        algorithm_name(alg)
+                    ),
                     "Pass the HMAC secret as key, or choose the algorithm that fits the key.",
                 ));
             }

@@ -31,6 +31,15 @@ pub(crate) const B64URL: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(false),
 );
 
+/// The four parts of a compact JWS, decoded where they are JSON.
+#[derive(Debug, Clone)]
+pub struct Parts<'a> {
+    pub header: Map<String, Value>,
+    pub payload: Map<String, Value>,
+    pub signing_input: &'a str,
+    pub signature_b64: &'a str,
+}
+
 /// A token split and decoded, its signature not yet checked.
 #[derive(Debug, Clone)]
 pub struct Parsed<'a> {
@@ -102,7 +111,7 @@ pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refu
 
 /// Split and decode a compact JWS into header, payload, signing input and signature, checking
 /// only the format. `jwt_decode_unverified()` stops here; [`parse`] goes on to the header rules.
-pub fn decode_parts(token: &str) -> Result<(Map<String, Value>, Map<String, Value>, &str, &str), Refusal> {
+pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(malformed(format!(
             "the token is {} bytes; the limit is {} bytes",
@@ -115,7 +124,9 @@ pub fn decode_parts(token: &str) -> Result<(Map<String, Value>, Map<String, Valu
     }
     let dots = token.bytes().filter(|&b| b == b'.').count();
     if dots == 4 {
-        return Err(malformed("the token has 5 segments: encrypted tokens (JWE) are not supported"));
+        return Err(malformed(
+            "the token has 5 segments: encrypted tokens (JWE) are not supported",
+        ));
     }
     if dots != 2 {
         return Err(malformed(format!(
@@ -133,15 +144,30 @@ pub fn decode_parts(token: &str) -> Result<(Map<String, Value>, Map<String, Valu
     }
     let header = parse_object(&b64_decode(h, "header")?, "header")?;
     let payload = parse_object(&b64_decode(p, "payload")?, "payload")?;
-    Ok((header, payload, &token[..h.len() + 1 + p.len()], s))
+    Ok(Parts {
+        header,
+        payload,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature_b64: s,
+    })
 }
 
 /// Split and decode a compact JWS. Checks format and the header rules that need no key.
 pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
-    let (header, payload, signing_input, signature_b64) = decode_parts(token)?;
+    let Parts {
+        header,
+        payload,
+        signing_input,
+        signature_b64,
+    } = decode_parts(token)?;
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
-        Some(_) => return Err(Refusal::new(Check::Algorithm, "the header's alg is not a string")),
+        Some(_) => {
+            return Err(Refusal::new(
+                Check::Algorithm,
+                "the header's alg is not a string",
+            ))
+        }
         None => return Err(Refusal::new(Check::Algorithm, "the header has no alg")),
     };
     let kid = match header.get("kid") {
@@ -152,7 +178,11 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
     if let Some(crit) = header.get("crit") {
         let names = match crit {
             Value::Array(a) if !a.is_empty() => a,
-            _ => return Err(malformed("the header's crit must be a non-empty array of names")),
+            _ => {
+                return Err(malformed(
+                    "the header's crit must be a non-empty array of names",
+                ))
+            }
         };
         for n in names {
             match n {
@@ -167,7 +197,14 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
             }
         }
     }
-    Ok(Parsed { header, payload, signing_input, signature_b64, alg, kid })
+    Ok(Parsed {
+        header,
+        payload,
+        signing_input,
+        signature_b64,
+        alg,
+        kid,
+    })
 }
 
 /// Does this text look like a compact JWS (three base64url segments)? Used to tell a token from
@@ -176,7 +213,8 @@ pub fn looks_like_compact(text: &str) -> bool {
     let t = text.trim();
     !t.is_empty()
         && t.bytes().filter(|&b| b == b'.').count() == 2
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[cfg(test)]
@@ -193,7 +231,10 @@ mod tests {
 
     #[test]
     fn parses_a_well_formed_token() {
-        let t = tok(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#, r#"{"sub":"kp_1","exp":5}"#);
+        let t = tok(
+            r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#,
+            r#"{"sub":"kp_1","exp":5}"#,
+        );
         let p = parse(&t).unwrap();
         assert_eq!(p.alg, "RS256");
         assert_eq!(p.kid.as_deref(), Some("k1"));
@@ -230,14 +271,29 @@ mod tests {
     fn refuses_non_objects_and_duplicates() {
         assert_eq!(check_of(&tok("[1]", "{}")), Check::Format);
         assert_eq!(check_of(&tok(r#"{"alg":"HS256"}"#, "[]")), Check::Format);
-        assert_eq!(check_of(&tok(r#"{"alg":"HS256"}"#, r#"{"sub":"a","sub":"b"}"#)), Check::Format);
-        let bad_utf8 = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(&[0xff, 0xfe]));
+        assert_eq!(
+            check_of(&tok(r#"{"alg":"HS256"}"#, r#"{"sub":"a","sub":"b"}"#)),
+            Check::Format
+        );
+        let bad_utf8 = format!(
+            "{}.{}.x",
+            seg(r#"{"alg":"HS256"}"#),
+            b64_encode(&[0xff, 0xfe])
+        );
         assert_eq!(check_of(&bad_utf8), Check::Format);
         let deep = "[".repeat(100_000);
-        let d = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(format!("{{\"a\":{deep}").as_bytes()));
+        let d = format!(
+            "{}.{}.x",
+            seg(r#"{"alg":"HS256"}"#),
+            b64_encode(format!("{{\"a\":{deep}").as_bytes())
+        );
         assert!(d.len() > MAX_TOKEN_BYTES);
         let deep = "[".repeat(5_000);
-        let d = format!("{}.{}.x", seg(r#"{"alg":"HS256"}"#), b64_encode(format!("{{\"a\":{deep}").as_bytes()));
+        let d = format!(
+            "{}.{}.x",
+            seg(r#"{"alg":"HS256"}"#),
+            b64_encode(format!("{{\"a\":{deep}").as_bytes())
+        );
         assert_eq!(check_of(&d), Check::Format);
     }
 
@@ -245,10 +301,16 @@ mod tests {
     fn header_rules() {
         assert_eq!(check_of(&tok(r#"{"typ":"JWT"}"#, "{}")), Check::Algorithm);
         assert_eq!(check_of(&tok(r#"{"alg":1}"#, "{}")), Check::Algorithm);
-        assert_eq!(check_of(&tok(r#"{"alg":"HS256","kid":7}"#, "{}")), Check::Format);
+        assert_eq!(
+            check_of(&tok(r#"{"alg":"HS256","kid":7}"#, "{}")),
+            Check::Format
+        );
         let e = parse(&tok(r#"{"alg":"HS256","crit":["exp"],"exp":1}"#, "{}")).unwrap_err();
         assert!(e.detail.contains("critical"), "{}", e.detail);
-        assert_eq!(check_of(&tok(r#"{"alg":"HS256","crit":[]}"#, "{}")), Check::Format);
+        assert_eq!(
+            check_of(&tok(r#"{"alg":"HS256","crit":[]}"#, "{}")),
+            Check::Format
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { issuers: vec![], audiences: vec![], leeway: 30, require_sub: true }
+        Policy {
+            issuers: vec![],
+            audiences: vec![],
+            leeway: 30,
+            require_sub: true,
+        }
     }
 }
 
@@ -131,11 +136,20 @@ pub fn format_time(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// A NumericDate (RFC 7519 §2): a JSON number of seconds, fractions allowed, within range.
-fn numeric_date(claims: &Map<String, Value>, name: &str, check: Check) -> Result<Option<i64>, Refusal> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+    check: Check,
+) -> Result<Option<i64>, Refusal> {
     let v = match claims.get(name) {
         None => return Ok(None),
         Some(v) => v,
@@ -168,9 +182,16 @@ pub fn check_algorithm(p: &Parsed) -> Result<Algorithm, Refusal> {
 
 /// Choose the keys that may verify this token. A `kid` that matches selects those keys; a `kid`
 /// that matches none may still be verified by keys that have no `kid` (a PEM or a secret).
-pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Result<Vec<&'k Key>, Refusal> {
+pub fn select_keys<'k>(
+    keys: &'k [Key],
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<Vec<&'k Key>, Refusal> {
     if keys.is_empty() {
-        return Err(Refusal::new(Check::Key, "no verification key is configured"));
+        return Err(Refusal::new(
+            Check::Key,
+            "no verification key is configured",
+        ));
     }
     let permitted = |k: &&Key| k.permits(alg).is_ok();
     let first_reason = |pool: &[&Key]| {
@@ -179,7 +200,10 @@ pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Re
             .unwrap_or_else(|| format!("no configured key can verify {}", algorithm_name(alg)))
     };
     let fit: Vec<&Key> = if let Some(kid) = kid {
-        let matching: Vec<&Key> = keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+        let matching: Vec<&Key> = keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(kid))
+            .collect();
         if !matching.is_empty() {
             let fit: Vec<&Key> = matching.iter().copied().filter(permitted).collect();
             if fit.is_empty() {
@@ -187,16 +211,28 @@ pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Re
             }
             fit
         } else {
-            let fit: Vec<&Key> = keys.iter().filter(|k| k.kid.is_none()).filter(permitted).collect();
+            let fit: Vec<&Key> = keys
+                .iter()
+                .filter(|k| k.kid.is_none())
+                .filter(permitted)
+                .collect();
             if fit.is_empty() {
-                let mut known: Vec<String> = keys.iter().filter_map(|k| k.kid.as_deref()).map(quote).collect();
+                let mut known: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| k.kid.as_deref())
+                    .map(quote)
+                    .collect();
                 known.truncate(10);
                 return Err(Refusal::new(
                     Check::Key,
                     format!(
                         "no configured key has kid {} (known kids: {})",
                         quote(kid),
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -207,9 +243,20 @@ pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Re
         if fit.is_empty() {
             // Prefer the reason of a key of the token's own family (e.g. "HS512 needs a secret
             // of at least 64 bytes") over a generic one.
-            let same_family: Vec<&Key> =
-                keys.iter().filter(|k| k.kind.algorithms().iter().any(|a| a.family() == alg.family())).collect();
-            let pool: Vec<&Key> = if same_family.is_empty() { keys.iter().collect() } else { same_family };
+            let same_family: Vec<&Key> = keys
+                .iter()
+                .filter(|k| {
+                    k.kind
+                        .algorithms()
+                        .iter()
+                        .any(|a| a.family() == alg.family())
+                })
+                .collect();
+            let pool: Vec<&Key> = if same_family.is_empty() {
+                keys.iter().collect()
+            } else {
+                same_family
+            };
             return Err(Refusal::new(
                 Check::Algorithm,
                 if pool.len() == 1 {
@@ -224,13 +271,20 @@ pub fn select_keys<'k>(keys: &'k [Key], alg: Algorithm, kid: Option<&str>) -> Re
     if fit.len() > MAX_CANDIDATE_KEYS {
         return Err(Refusal::new(
             Check::Key,
-            format!("{} keys could verify this token; it must name its key with kid", fit.len()),
+            format!(
+                "{} keys could verify this token; it must name its key with kid",
+                fit.len()
+            ),
         ));
     }
     Ok(fit)
 }
 
-pub fn check_signature<'k>(p: &Parsed, alg: Algorithm, candidates: &[&'k Key]) -> Result<&'k Key, Refusal> {
+pub fn check_signature<'k>(
+    p: &Parsed,
+    alg: Algorithm,
+    candidates: &[&'k Key],
+) -> Result<&'k Key, Refusal> {
     if p.signature_b64.is_empty() {
         return Err(Refusal::new(Check::Signature, "the token has no signature"));
     }
@@ -238,7 +292,12 @@ pub fn check_signature<'k>(p: &Parsed, alg: Algorithm, candidates: &[&'k Key]) -
     for key in candidates {
         // An error here (a key the backend rejects, a signature of the wrong length) is a failed
         // verification like any other: fail closed.
-        if let Ok(true) = jsonwebtoken::crypto::verify(p.signature_b64, p.signing_input.as_bytes(), &key.decoding, alg) {
+        if let Ok(true) = jsonwebtoken::crypto::verify(
+            p.signature_b64,
+            p.signing_input.as_bytes(),
+            &key.decoding,
+            alg,
+        ) {
             return Ok(key);
         }
     }
@@ -277,7 +336,11 @@ pub fn check_exp(claims: &Map<String, Value>, policy: &Policy, now: i64) -> Resu
     Ok(exp)
 }
 
-pub fn check_nbf(claims: &Map<String, Value>, policy: &Policy, now: i64) -> Result<String, Refusal> {
+pub fn check_nbf(
+    claims: &Map<String, Value>,
+    policy: &Policy,
+    now: i64,
+) -> Result<String, Refusal> {
     match numeric_date(claims, "nbf", Check::Nbf)? {
         None => Ok("no nbf claim".into()),
         Some(nbf) if now.saturating_add(policy.leeway) < nbf => Err(Refusal::new(
@@ -295,7 +358,11 @@ pub fn check_nbf(claims: &Map<String, Value>, policy: &Policy, now: i64) -> Resu
 }
 
 fn quoted_list(items: &[String]) -> String {
-    items.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| quote(s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn check_iss(claims: &Map<String, Value>, policy: &Policy) -> Result<String, Refusal> {
@@ -308,14 +375,23 @@ pub fn check_iss(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
         return Ok("not checked: kinde_rls.issuer is not set".into());
     }
     match iss {
-        Some(i) if policy.issuers.iter().any(|a| a == i) => Ok(format!("iss {} is accepted", quote(i))),
+        Some(i) if policy.issuers.iter().any(|a| a == i) => {
+            Ok(format!("iss {} is accepted", quote(i)))
+        }
         Some(i) => Err(Refusal::new(
             Check::Iss,
-            format!("iss is {}; accepted: {}", quote(i), quoted_list(&policy.issuers)),
+            format!(
+                "iss is {}; accepted: {}",
+                quote(i),
+                quoted_list(&policy.issuers)
+            ),
         )),
         None => Err(Refusal::new(
             Check::Iss,
-            format!("the token has no iss claim; accepted: {}", quoted_list(&policy.issuers)),
+            format!(
+                "the token has no iss claim; accepted: {}",
+                quoted_list(&policy.issuers)
+            ),
         )),
     }
 }
@@ -332,14 +408,27 @@ pub fn check_aud(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
             for x in a {
                 match x {
                     Value::String(s) => v.push(s.as_str()),
-                    _ => return Err(Refusal::new(Check::Aud, "claim aud holds a value that is not a string")),
+                    _ => {
+                        return Err(Refusal::new(
+                            Check::Aud,
+                            "claim aud holds a value that is not a string",
+                        ))
+                    }
                 }
             }
             v
         }
-        Some(_) => return Err(Refusal::new(Check::Aud, "claim aud is neither a string nor an array")),
+        Some(_) => {
+            return Err(Refusal::new(
+                Check::Aud,
+                "claim aud is neither a string nor an array",
+            ))
+        }
     };
-    match auds.iter().find(|a| policy.audiences.iter().any(|x| x == *a)) {
+    match auds
+        .iter()
+        .find(|a| policy.audiences.iter().any(|x| x == *a))
+    {
         Some(a) => Ok(format!("aud contains {}", quote(a))),
         None => Err(Refusal::new(
             Check::Aud,
@@ -366,7 +455,11 @@ pub fn check_sub(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
 }
 
 /// Check the claims of a token whose signature has been verified. Returns `exp`.
-pub fn check_claims(claims: &Map<String, Value>, policy: &Policy, now: i64) -> Result<i64, Refusal> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    policy: &Policy,
+    now: i64,
+) -> Result<i64, Refusal> {
     let exp = check_exp(claims, policy, now)?;
     check_nbf(claims, policy, now)?;
     check_iss(claims, policy)?;
@@ -394,13 +487,21 @@ pub fn verify_expecting(
     if let Some(e) = expected.filter(|e| *e != alg) {
         return Err(Refusal::new(
             Check::Algorithm,
-            format!("the token's alg is {}, the caller expects {}", algorithm_name(alg), algorithm_name(e)),
+            format!(
+                "the token's alg is {}, the caller expects {}",
+                algorithm_name(alg),
+                algorithm_name(e)
+            ),
         ));
     }
     let candidates = select_keys(keys, alg, p.kid.as_deref())?;
     check_signature(&p, alg, &candidates)?;
     let exp = check_claims(&p.payload, policy, now)?;
-    Ok(Verified { header: p.header, claims: p.payload, exp })
+    Ok(Verified {
+        header: p.header,
+        claims: p.payload,
+        exp,
+    })
 }
 
 /// One row of `jwt_explain()`: `ok` is `None` when the check could not be reached.
@@ -417,36 +518,74 @@ pub fn explain(token: &str, keys: &[Key], policy: &Policy, now: i64) -> Vec<Expl
     let mut rows = Vec::with_capacity(9);
     let mut push = |check: Check, r: Result<String, Refusal>| {
         rows.push(match r {
-            Ok(d) => ExplainRow { check, ok: Some(true), detail: d },
-            Err(e) => ExplainRow { check, ok: Some(false), detail: e.detail },
+            Ok(d) => ExplainRow {
+                check,
+                ok: Some(true),
+                detail: d,
+            },
+            Err(e) => ExplainRow {
+                check,
+                ok: Some(false),
+                detail: e.detail,
+            },
         })
     };
     let p = match parse(token) {
         Ok(p) => p,
         Err(e) => {
             let format_failed = e.check == Check::Format;
-            push(Check::Format, if format_failed { Err(e.clone()) } else { Ok("three base64url JSON segments".into()) });
+            push(
+                Check::Format,
+                if format_failed {
+                    Err(e.clone())
+                } else {
+                    Ok("three base64url JSON segments".into())
+                },
+            );
             let mut rows = rows;
             for c in &Check::ALL[1..] {
                 if !format_failed && *c == Check::Algorithm {
-                    rows.push(ExplainRow { check: *c, ok: Some(false), detail: e.detail.clone() });
+                    rows.push(ExplainRow {
+                        check: *c,
+                        ok: Some(false),
+                        detail: e.detail.clone(),
+                    });
                 } else {
-                    rows.push(ExplainRow { check: *c, ok: None, detail: "not checked: the token could not be parsed".into() });
+                    rows.push(ExplainRow {
+                        check: *c,
+                        ok: None,
+                        detail: "not checked: the token could not be parsed".into(),
+                    });
                 }
             }
             return rows;
         }
     };
-    push(Check::Format, Ok(format!("three base64url JSON segments, {} bytes", token.len())));
+    push(
+        Check::Format,
+        Ok(format!(
+            "three base64url JSON segments, {} bytes",
+            token.len()
+        )),
+    );
     let alg = check_algorithm(&p);
-    push(Check::Algorithm, alg.as_ref().map(|a| format!("{} is supported", algorithm_name(*a))).map_err(Clone::clone));
+    push(
+        Check::Algorithm,
+        alg.as_ref()
+            .map(|a| format!("{} is supported", algorithm_name(*a)))
+            .map_err(Clone::clone),
+    );
     let mut verified = false;
     match alg {
         Ok(alg) => match select_keys(keys, alg, p.kid.as_deref()) {
             Ok(c) => {
                 push(Check::Key, Ok(format!("{} candidate key(s)", c.len())));
                 let sig = check_signature(&p, alg, &c).map(|k| match &k.kid {
-                    Some(kid) => format!("verified with the {} with kid {}", k.kind.name(), quote(kid)),
+                    Some(kid) => format!(
+                        "verified with the {} with kid {}",
+                        k.kind.name(),
+                        quote(kid)
+                    ),
                     None => format!("verified with the configured {}", k.kind.name()),
                 });
                 verified = sig.is_ok();
@@ -457,27 +596,52 @@ pub fn explain(token: &str, keys: &[Key], policy: &Policy, now: i64) -> Vec<Expl
                 // select_keys reports either a key or an algorithm problem; show it on its row.
                 if c == Check::Algorithm {
                     rows.pop();
-                    rows.push(ExplainRow { check: Check::Algorithm, ok: Some(false), detail: e.detail });
-                    rows.push(ExplainRow { check: Check::Key, ok: None, detail: "not checked: the algorithm does not fit any key".into() });
+                    rows.push(ExplainRow {
+                        check: Check::Algorithm,
+                        ok: Some(false),
+                        detail: e.detail,
+                    });
+                    rows.push(ExplainRow {
+                        check: Check::Key,
+                        ok: None,
+                        detail: "not checked: the algorithm does not fit any key".into(),
+                    });
                 } else {
-                    rows.push(ExplainRow { check: Check::Key, ok: Some(false), detail: e.detail });
+                    rows.push(ExplainRow {
+                        check: Check::Key,
+                        ok: Some(false),
+                        detail: e.detail,
+                    });
                 }
-                rows.push(ExplainRow { check: Check::Signature, ok: None, detail: "not checked: no key".into() });
+                rows.push(ExplainRow {
+                    check: Check::Signature,
+                    ok: None,
+                    detail: "not checked: no key".into(),
+                });
             }
         },
         Err(_) => {
-            rows.push(ExplainRow { check: Check::Key, ok: None, detail: "not checked: algorithm refused".into() });
-            rows.push(ExplainRow { check: Check::Signature, ok: None, detail: "not checked: algorithm refused".into() });
+            rows.push(ExplainRow {
+                check: Check::Key,
+                ok: None,
+                detail: "not checked: algorithm refused".into(),
+            });
+            rows.push(ExplainRow {
+                check: Check::Signature,
+                ok: None,
+                detail: "not checked: algorithm refused".into(),
+            });
         }
     }
     let note = |r: Result<String, Refusal>| -> Result<String, Refusal> {
         if verified {
             r
         } else {
-            r.map(|d| format!("{d} (claims not verified)")).map_err(|mut e| {
-                e.detail = format!("{} (claims not verified)", e.detail);
-                e
-            })
+            r.map(|d| format!("{d} (claims not verified)"))
+                .map_err(|mut e| {
+                    e.detail = format!("{} (claims not verified)", e.detail);
+                    e
+                })
         }
     };
     let claims = &p.payload;
@@ -492,8 +656,16 @@ pub fn explain(token: &str, keys: &[Key], policy: &Policy, now: i64) -> Vec<Expl
     for (c, r) in rest {
         let r = note(r);
         rows.push(match r {
-            Ok(d) => ExplainRow { check: c, ok: Some(true), detail: d },
-            Err(e) => ExplainRow { check: c, ok: Some(false), detail: e.detail },
+            Ok(d) => ExplainRow {
+                check: c,
+                ok: Some(true),
+                detail: d,
+            },
+            Err(e) => ExplainRow {
+                check: c,
+                ok: Some(false),
+                detail: e.detail,
+            },
         });
     }
     rows
@@ -518,10 +690,26 @@ mod tests {
     fn exp_rules() {
         let p = Policy::default();
         assert_eq!(check_exp(&claims(r#"{"exp":100}"#), &p, 129).unwrap(), 100);
-        assert_eq!(check_exp(&claims(r#"{"exp":100}"#), &p, 130).unwrap_err().check, Check::Exp);
+        assert_eq!(
+            check_exp(&claims(r#"{"exp":100}"#), &p, 130)
+                .unwrap_err()
+                .check,
+            Check::Exp
+        );
         assert_eq!(check_exp(&claims(r#"{"exp":100.9}"#), &p, 0).unwrap(), 100);
-        for bad in [r#"{}"#, r#"{"exp":"100"}"#, r#"{"exp":1e300}"#, r#"{"exp":-1}"#, r#"{"exp":null}"#, r#"{"exp":99999999999999}"#] {
-            assert_eq!(check_exp(&claims(bad), &p, 0).unwrap_err().check, Check::Exp, "{bad}");
+        for bad in [
+            r#"{}"#,
+            r#"{"exp":"100"}"#,
+            r#"{"exp":1e300}"#,
+            r#"{"exp":-1}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":99999999999999}"#,
+        ] {
+            assert_eq!(
+                check_exp(&claims(bad), &p, 0).unwrap_err().check,
+                Check::Exp,
+                "{bad}"
+            );
         }
     }
 
@@ -529,7 +717,12 @@ mod tests {
     fn nbf_rules() {
         let p = Policy::default();
         assert!(check_nbf(&claims(r#"{"nbf":130}"#), &p, 100).is_ok());
-        assert_eq!(check_nbf(&claims(r#"{"nbf":131}"#), &p, 100).unwrap_err().check, Check::Nbf);
+        assert_eq!(
+            check_nbf(&claims(r#"{"nbf":131}"#), &p, 100)
+                .unwrap_err()
+                .check,
+            Check::Nbf
+        );
     }
 
     #[test]
@@ -540,24 +733,45 @@ mod tests {
             ..Policy::default()
         };
         assert!(check_iss(&claims(r#"{"iss":"https://acme.kinde.com"}"#), &p).is_ok());
-        for bad in [r#"{"iss":"https://acme.kinde.com/"}"#, r#"{"iss":["https://acme.kinde.com"]}"#, r#"{}"#] {
-            assert_eq!(check_iss(&claims(bad), &p).unwrap_err().check, Check::Iss, "{bad}");
+        for bad in [
+            r#"{"iss":"https://acme.kinde.com/"}"#,
+            r#"{"iss":["https://acme.kinde.com"]}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(
+                check_iss(&claims(bad), &p).unwrap_err().check,
+                Check::Iss,
+                "{bad}"
+            );
         }
         assert!(check_aud(&claims(r#"{"aud":["x","api"]}"#), &p).is_ok());
         assert!(check_aud(&claims(r#"{"aud":"api"}"#), &p).is_ok());
-        assert_eq!(check_aud(&claims(r#"{"aud":[]}"#), &p).unwrap_err().check, Check::Aud);
+        assert_eq!(
+            check_aud(&claims(r#"{"aud":[]}"#), &p).unwrap_err().check,
+            Check::Aud
+        );
         assert!(check_aud(&claims(r#"{"aud":[]}"#), &Policy::default()).is_ok());
         assert!(check_sub(&claims(r#"{"sub":"kp_1"}"#), &p).is_ok());
         for bad in [r#"{}"#, r#"{"sub":""}"#, r#"{"sub":1}"#] {
-            assert_eq!(check_sub(&claims(bad), &p).unwrap_err().check, Check::Sub, "{bad}");
+            assert_eq!(
+                check_sub(&claims(bad), &p).unwrap_err().check,
+                Check::Sub,
+                "{bad}"
+            );
         }
-        let lax = Policy { require_sub: false, ..Policy::default() };
+        let lax = Policy {
+            require_sub: false,
+            ..Policy::default()
+        };
         assert!(check_sub(&claims("{}"), &lax).is_ok());
     }
 
     #[test]
     fn short_secret_is_a_config_error() {
-        let s = Settings { secret: Some("short"), ..Default::default() };
+        let s = Settings {
+            secret: Some("short"),
+            ..Default::default()
+        };
         let e = Config::from_settings(&s).unwrap_err();
         assert_eq!(e.setting, "kinde_rls.secret");
         assert!(!e.message.contains("short\""));

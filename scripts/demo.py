@@ -1,0 +1,125 @@
+"""make demo: the kinde_rls story on a throwaway cluster.
+
+Two Kinde users, Peter and Mia, each see only their own todos; a tampered token is refused with
+its reason; an anonymous request sees nothing; a spoofed request.jwt.claims changes nothing.
+Tokens are RS256, signed by a stand-in for the Kinde business's key (PyJWT), verified inside
+PostgreSQL against its JWKS."""
+
+import base64
+import json
+import os
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import psycopg  # noqa: E402
+from kinde import KINDE_ISS, Signer, jwks, kinde_access_claims  # noqa: E402
+from pg import Cluster  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+BOLD, DIM, RED, GREEN, OFF = ("\033[1m", "\033[2m", "\033[31m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
+
+
+def say(text):
+    print(f"\n{BOLD}{text}{OFF}")
+
+
+def show_sql(text):
+    for line in text.strip().splitlines():
+        print(f"  {DIM}sql>{OFF} {line}")
+
+
+def request(conn, role, token, query):
+    """One PostgREST-style request: SET LOCAL ROLE, the bearer token, the query."""
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        if token:
+            conn.execute("SELECT set_config('request.headers', %s, true)",
+                         (json.dumps({"authorization": f"Bearer {token}"}),))
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else cur.rowcount
+
+
+def table(rows, header):
+    if not rows:
+        print(f"  {DIM}(no rows){OFF}")
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+
+
+def main():
+    say("1. A throwaway PostgreSQL cluster with kinde_rls preloaded")
+    c = Cluster("demo", preload=True)
+    try:
+        print(f"  data directory {c.data}, unix socket only")
+        kinde = Signer("rsa")
+        with c.connect() as su:
+            su.execute("CREATE DATABASE app")
+        with c.connect(dbname="app") as su:
+            show_sql("CREATE EXTENSION kinde_rls;")
+            su.execute("CREATE EXTENSION kinde_rls")
+            show_sql(r"\i sql/examples/todos.sql   -- Kinde's todo example, RLS on get_user_id()")
+            su.execute(open(os.path.join(ROOT, "sql", "examples", "todos.sql")).read())
+
+            say("2. A superuser tells the database which issuer and keys to trust")
+            show_sql(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}';")
+            show_sql("ALTER DATABASE app SET kinde_rls.jwks = '{\"keys\": [{\"kty\": \"RSA\", \"kid\": \"" + kinde.kid + "\", …}]}';")
+            su.execute(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}'")
+            su.execute(f"ALTER DATABASE app SET kinde_rls.jwks = '{jwks(kinde)}'")
+
+        peter_t = kinde.sign(kinde_access_claims("kp_peter"), "RS256")
+        mia_t = kinde.sign(kinde_access_claims("kp_mia"), "RS256")
+        say("3. Kinde signs access tokens for Peter and Mia (RS256, kid in the header)")
+        print(f"  Peter: {peter_t[:40]}…  sub = kp_peter")
+        print(f"  Mia:   {mia_t[:40]}…  sub = kp_mia")
+
+        with c.connect(user="authenticator", dbname="app") as api:
+            say("4. Each adds todos through the API role (SET LOCAL ROLE authenticated + bearer token)")
+            request(api, "authenticated", peter_t, "INSERT INTO todos (task) VALUES ('Buy milk'), ('Ship kinde_rls')")
+            request(api, "authenticated", mia_t, "INSERT INTO todos (task) VALUES ('Water the plants')")
+            print("  user_id is filled in by DEFAULT get_user_id() from the verified token")
+
+            say("5. Peter asks for all todos and gets only his")
+            table(request(api, "authenticated", peter_t, "SELECT id, task, user_id FROM todos ORDER BY id"), ["id", "task", "user_id"])
+            say("   Mia asks the same and gets only hers")
+            table(request(api, "authenticated", mia_t, "SELECT id, task, user_id FROM todos ORDER BY id"), ["id", "task", "user_id"])
+            n = request(api, "authenticated", mia_t, "DELETE FROM todos WHERE user_id = 'kp_peter'")
+            print(f"  Mia tries DELETE FROM todos WHERE user_id = 'kp_peter': {n} rows deleted")
+
+            say("6. Someone swaps Mia's sub into Peter's token, keeping Peter's signature")
+            h, _, sig = peter_t.split(".")
+            forged_body = base64.urlsafe_b64encode(json.dumps(kinde_access_claims("kp_mia")).encode()).rstrip(b"=").decode()
+            try:
+                request(api, "authenticated", f"{h}.{forged_body}.{sig}", "SELECT * FROM todos")
+                print(f"  {RED}accepted — this must never happen{OFF}")
+                sys.exit(1)
+            except psycopg.Error as e:
+                print(f"  {GREEN}refused{OFF}: SQLSTATE {e.sqlstate}: {e.diag.message_primary}")
+                print(f"  DETAIL: {e.diag.message_detail}")
+
+            say("7. An anonymous request (no token, role anon) sees nothing")
+            table(request(api, "anon", None, "SELECT count(*) FROM todos"), ["count"])
+
+            say("8. The old recipe trusted request.jwt.claims, which any session can SET. Not here:")
+            show_sql("""SELECT set_config('request.jwt.claims', '{"sub":"kp_peter"}', true);""")
+            with api.transaction():
+                api.execute("SET LOCAL ROLE authenticated")
+                api.execute("""SELECT set_config('request.jwt.claims', '{"sub":"kp_peter"}', true)""")
+                uid, n = api.execute("SELECT get_user_id(), count(*) FROM todos").fetchone()
+            print(f"  get_user_id() = {uid!r}, todos visible = {n}")
+
+            say("9. Why is an expired token refused? jwt_explain() says, check by check")
+            old = kinde.sign(kinde_access_claims("kp_peter", lifetime=-7200), "RS256")
+            rows = request(api, "authenticated", None, f"SELECT \"check\", ok, detail FROM jwt_explain('{old}')")
+            table([(r[0], {True: "ok", False: "FAILED", None: "-"}[r[1]], r[2]) for r in rows], ["check", "ok", "detail"])
+        say("The end: the cluster is stopped and removed.")
+    finally:
+        c.stop()
+
+
+if __name__ == "__main__":
+    main()
