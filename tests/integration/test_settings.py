@@ -140,3 +140,33 @@ def test_without_preload_a_conf_secret_is_a_readable_placeholder(bare_cluster):
     with bare_cluster.connect(dbname="app") as su:
         su.execute("ALTER SYSTEM RESET kinde_rls.secret")
         su.execute("SELECT pg_reload_conf()")
+
+
+def test_secret_in_a_function_set_clause_is_refused(cluster):
+    with cluster.connect(dbname="app") as su:
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute(f"CREATE FUNCTION leaky() RETURNS int LANGUAGE sql SET kinde_rls.secret = '{'s' * 40}' AS 'SELECT 1'")
+        assert ei.value.sqlstate == "22023"
+
+
+def test_settings_per_role(cluster, signers):
+    """A superuser scopes rules to a role: ALTER ROLE … IN DATABASE … SET."""
+    from kinde import kinde_access_claims
+
+    t = signers["rsa"].sign(kinde_access_claims("kp_role"), "RS256")
+    with cluster.connect(dbname="app") as su:
+        su.execute("CREATE ROLE strict_user LOGIN")
+        su.execute("ALTER ROLE strict_user IN DATABASE app SET kinde_rls.audience = 'https://api.acme.com'")
+    try:
+        with cluster.connect(user="strict_user", dbname="app") as c:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT verify_jwt(%s)", (t,))
+            assert ei.value.sqlstate == "28000"
+            assert ei.value.diag.message_primary.startswith("JWT refused: aud check failed")
+        with cluster.connect(user="app_user", dbname="app") as c:
+            assert one(c, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp_role"
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("DROP OWNED BY strict_user")
+            su.execute("ALTER ROLE strict_user IN DATABASE app RESET ALL")
+            su.execute("DROP ROLE strict_user")
