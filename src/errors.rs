@@ -33,6 +33,18 @@ pub fn config(c: &ConfigError) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// Every key fetch `refresh_jwks()` tried failed.
+pub fn fetch_failed(detail: &str) -> ! {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,
+        "kinde_rls: could not fetch keys from any issuer",
+        "kinde_rls",
+    )
+    .set_detail(detail.to_string())
+    .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 pub fn raise(e: &Error) -> ! {
     match e {
         Error::Refused(r) => refuse(r),
@@ -45,7 +57,16 @@ pub fn raise(e: &Error) -> ! {
 pub fn guarded<T>(
     f: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe,
 ) -> Result<T, Error> {
-    std::panic::catch_unwind(f).unwrap_or_else(|_| {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
+    std::panic::catch_unwind(f).unwrap_or_else(|payload| {
+        // A PostgreSQL ERROR (a cancel, an out-of-memory, an ereport from a key fetch) travels
+        // as a panic too: it is not ours to swallow.
+        if payload.is::<CaughtError>()
+            || payload.is::<ErrorReportWithLevel>()
+            || payload.is::<ErrorReport>()
+        {
+            std::panic::resume_unwind(payload);
+        }
         Err(Error::Refused(Refusal::new(
             kinde_rls_core::Check::Format,
             "the verifier failed on this token; it is refused",

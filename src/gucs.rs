@@ -27,6 +27,12 @@ pub static LEEWAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static TRUST_REQUEST_CLAIMS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static REQUIRE_SUB: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWKS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static PROVIDERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static JWKS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
 
 unsafe extern "C-unwind" fn config_changed_str(_: *const c_char, _: *mut c_void) {
     CONFIG_GEN.fetch_add(1, Ordering::Relaxed);
@@ -109,6 +115,36 @@ pub fn init() {
             Some(config_changed_str),
         );
         define_string(
+            c"kinde_rls.domain",
+            c"Your Kinde domain, e.g. https://acme.kinde.com: the accepted issuer and where keys are fetched.",
+            c"Keys come from the domain's OpenID discovery jwks_uri, falling back to <domain>/.well-known/jwks.",
+            &DOMAIN,
+            PGC_SUSET,
+            none,
+            None,
+            Some(config_changed_str),
+        );
+        define_string(
+            c"kinde_rls.jwks_url",
+            c"URL of the issuer's JWKS (https://, or http:// to loopback only).",
+            c"Fetched keys are cached for kinde_rls.jwks_cache_ttl seconds.",
+            &JWKS_URL,
+            PGC_SUSET,
+            none,
+            None,
+            Some(config_changed_str),
+        );
+        define_string(
+            c"kinde_rls.providers",
+            c"Several token issuers as a JSON array of {issuer, jwks_url | domain | jwks, audience, algorithms}.",
+            c"When set it is the whole configuration; a token's iss selects its provider.",
+            &PROVIDERS,
+            PGC_SUSET,
+            none,
+            None,
+            Some(config_changed_str),
+        );
+        define_string(
             c"kinde_rls.audience",
             c"Accepted audiences (aud), comma-separated; a token's aud must contain one.",
             c"Unset: aud is not checked.",
@@ -170,6 +206,50 @@ pub fn init() {
             GucFlags::UNIT_S.bits(),
             None,
             Some(config_changed_int),
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"kinde_rls.jwks_timeout_ms".as_ptr(),
+            c"Time allowed for fetching an issuer's keys (discovery, redirects and JWKS together)."
+                .as_ptr(),
+            c"".as_ptr(),
+            JWKS_TIMEOUT_MS.as_ptr(),
+            2000,
+            100,
+            60_000,
+            PGC_SUSET,
+            GucFlags::UNIT_MS.bits(),
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"kinde_rls.jwks_cache_ttl".as_ptr(),
+            c"How long fetched keys are used before they are fetched again.".as_ptr(),
+            c"".as_ptr(),
+            JWKS_CACHE_TTL.as_ptr(),
+            600,
+            1,
+            7 * 86_400,
+            PGC_SUSET,
+            GucFlags::UNIT_S.bits(),
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"kinde_rls.jwks_min_refresh".as_ptr(),
+            c"Least time between two fetches of one issuer's keys (unknown kid, failed fetch)."
+                .as_ptr(),
+            c"Bounds the requests a flood of tokens with made-up kids can cause.".as_ptr(),
+            JWKS_MIN_REFRESH.as_ptr(),
+            30,
+            0,
+            3600,
+            PGC_SUSET,
+            GucFlags::UNIT_S.bits(),
+            None,
+            None,
             None,
         );
         pg_sys::DefineCustomIntVariable(

@@ -14,7 +14,7 @@
 //! statement's start time; the token cache holds at most `kinde_rls.cache_size` entries and
 //! evicts the oldest first.
 
-use kinde_rls_core::{claims, token, verify::Settings, Config, ConfigError, Error, Refusal};
+use kinde_rls_core::{claims, config, token, Config, ConfigError, Error, Refusal, Settings};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 
 use crate::errors::guarded;
 use crate::gucs::{self, CONFIG_GEN, TOKEN_GEN};
+use crate::jwks;
 
 /// A verified (or, by a superuser's choice, trusted) set of claims.
 #[derive(Debug)]
@@ -62,6 +63,7 @@ struct Last {
 #[derive(Default)]
 struct State {
     config_gen: u64,
+    keys_epoch: u64,
     config: Option<Rc<Config>>,
     cache: HashMap<Rc<str>, Rc<Identity>>,
     order: VecDeque<Rc<str>>,
@@ -134,6 +136,9 @@ pub fn settings_config() -> Result<Config, ConfigError> {
         None => None,
     };
     Config::from_settings(&Settings {
+        domain: gucs::str_value(&gucs::DOMAIN),
+        jwks_url: gucs::str_value(&gucs::JWKS_URL),
+        providers: gucs::str_value(&gucs::PROVIDERS),
         issuer: gucs::str_value(&gucs::ISSUER),
         audience: gucs::str_value(&gucs::AUDIENCE),
         jwks: gucs::str_value(&gucs::JWKS),
@@ -146,6 +151,14 @@ pub fn settings_config() -> Result<Config, ConfigError> {
 impl State {
     fn sync(&mut self) {
         let gen = CONFIG_GEN.load(Ordering::Relaxed);
+        let epoch = jwks::keys_epoch();
+        if self.keys_epoch != epoch {
+            // Fetched keys changed (rotation): drop what was verified with the old ones.
+            self.keys_epoch = epoch;
+            self.cache.clear();
+            self.order.clear();
+            self.last = None;
+        }
         if self.config_gen != gen {
             self.config_gen = gen;
             self.config = None;
@@ -180,18 +193,22 @@ impl State {
             }
         }
         let config = self.config()?;
-        if config.keys.keys.is_empty() {
-            return Err(Config::no_keys_error().into());
-        }
-        let verified = {
+        let (verified, keys_until) = {
             let config = config.clone();
             let token = token.to_owned();
             guarded(move || {
-                kinde_rls_core::verify(&token, &config.keys.keys, &config.policy, now)
-                    .map_err(Error::from)
+                let mut source = jwks::Source::default();
+                let v = config::verify_configured(&token, &config, now, &mut source)?;
+                Ok((v, source.until))
             })?
         };
-        let valid_until = verified.exp.saturating_add(config.policy.leeway);
+        // A verification made with fetched keys is reused only while those keys are fresh.
+        let keys_until = if keys_until.is_finite() {
+            keys_until.ceil() as i64
+        } else {
+            i64::MAX
+        };
+        let valid_until = verified.exp.saturating_add(config.leeway).min(keys_until);
         let id = Rc::new(Identity::new(verified.claims, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
         if cap > 0 {

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 mod errors;
 mod gucs;
 mod identity;
+mod jwks;
 
 use kinde_rls_core::{claims, explicit_keys, Error, Policy};
 
@@ -20,6 +21,7 @@ use kinde_rls_core::{claims, explicit_keys, Error, Policy};
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    jwks::init();
 }
 
 fn current() -> Option<std::rc::Rc<identity::Identity>> {
@@ -107,8 +109,13 @@ fn jwt_explain(
     let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
     let now = identity::now();
     let token = token.trim().to_owned();
-    let rows = std::panic::catch_unwind(move || {
-        kinde_rls_core::explain(&token, &config.keys.keys, &config.policy, now)
+    let rows = errors::guarded(move || {
+        Ok(kinde_rls_core::config::explain_configured(
+            &token,
+            &config,
+            now,
+            &mut jwks::Source::default(),
+        ))
     })
     .unwrap_or_default();
     TableIterator::new(
@@ -116,6 +123,108 @@ fn jwt_explain(
             .map(|r| (r.check.as_str().to_string(), r.ok, r.detail)),
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keys fetched from issuers
+
+/// The distinct key URLs of the current configuration, with the issuer each serves.
+fn remote_sources() -> Vec<(Option<String>, kinde_rls_core::RemoteSource)> {
+    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    let mut out: Vec<(Option<String>, kinde_rls_core::RemoteSource)> = Vec::new();
+    for p in &config.providers {
+        if let Some(src) = &p.remote {
+            if !out.iter().any(|(_, s)| s == src) {
+                out.push((issuer_label(p), src.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn issuer_label(p: &kinde_rls_core::Provider) -> Option<String> {
+    (!p.issuers.is_empty()).then(|| p.issuers.join(", "))
+}
+
+/// Fetch every configured key URL now, whatever the cache holds; returns the number of keys
+/// loaded. Failures are WARNINGs; if every fetch fails, an ERROR (SQLSTATE 08000).
+#[pg_extern(volatile, parallel_unsafe)]
+fn refresh_jwks() -> i32 {
+    let sources = remote_sources();
+    if sources.is_empty() {
+        errors::config(&kinde_rls_core::ConfigError::new(
+            "kinde_rls.domain",
+            "no key URL is configured: there is nothing to refresh",
+            "Set kinde_rls.domain, kinde_rls.jwks_url or kinde_rls.providers (with jwks_url or domain) as a superuser.",
+        ));
+    }
+    let mut loaded = 0usize;
+    let mut failures = Vec::new();
+    for (_, src) in &sources {
+        match jwks::refresh(src) {
+            Ok(n) => loaded += n,
+            Err(e) => {
+                pgrx::warning!(
+                    "kinde_rls: could not fetch the keys of {}: {e}",
+                    src.label()
+                );
+                failures.push(format!("{}: {e}", src.label()));
+            }
+        }
+    }
+    if failures.len() == sources.len() {
+        errors::fetch_failed(&failures.join("; "));
+    }
+    i32::try_from(loaded).unwrap_or(i32::MAX)
+}
+
+/// One row per key source of the current configuration: what is cached and how it went.
+#[pg_extern(volatile, parallel_restricted)]
+#[allow(clippy::type_complexity)]
+fn jwks_status() -> TableIterator<
+    'static,
+    (
+        name!(issuer, Option<String>),
+        name!(source, String),
+        name!(keys, i32),
+        name!(fetched_at, Option<TimestampWithTimeZone>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+        name!(last_error, Option<String>),
+    ),
+> {
+    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    let mut rows = Vec::new();
+    for p in &config.providers {
+        if !p.keys.is_empty() {
+            let n = i32::try_from(p.keys.len()).unwrap_or(i32::MAX);
+            rows.push((
+                issuer_label(p),
+                "configured".to_string(),
+                n,
+                None,
+                None,
+                None,
+            ));
+        }
+        if let Some(src) = &p.remote {
+            let st = jwks::status(src);
+            rows.push((
+                issuer_label(p),
+                src.label().to_string(),
+                st.keys,
+                st.fetched_at.map(pgrx::datetime::to_timestamp),
+                st.expires_at.map(pgrx::datetime::to_timestamp),
+                st.last_error,
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+pgrx::extension_sql!(
+    "REVOKE EXECUTE ON FUNCTION refresh_jwks() FROM PUBLIC;",
+    name = "revoke_refresh_jwks",
+    requires = [refresh_jwks],
+);
 
 // ---------------------------------------------------------------------------------------------
 // Request identity: STABLE so that `user_id = get_user_id()` can drive an index scan.

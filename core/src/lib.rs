@@ -3,15 +3,19 @@
 //! with `cargo test -p kinde_rls_core` and fuzzable; the extension only wraps it.
 
 pub mod claims;
+pub mod config;
 pub mod error;
+pub mod fetch;
+pub mod keycache;
 pub mod keys;
 pub mod sign;
 pub mod token;
 pub mod verify;
 
+pub use config::{Config, KeySource, Provider, RemoteSource, Settings};
 pub use error::{Check, ConfigError, Error, Refusal};
 pub use keys::{parse_jwks, Key, KeyKind, KeySet};
-pub use verify::{explain, verify, Config, ExplainRow, Policy, Settings, Verified};
+pub use verify::{explain, verify, ExplainRow, Policy, Verified};
 
 /// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
 /// secret. `algorithm` must fit the key: a PEM or JWK is never used as an HMAC secret.

@@ -19,6 +19,9 @@ EXPECTED = {
     "has_permission(permission text)": ("boolean", "s", "s"),
     "has_role(role_key text)": ("boolean", "s", "s"),
     "get_feature_flag(name text)": ("jsonb", "s", "s"),
+    "refresh_jwks()": ("integer", "v", "u"),
+    "jwks_status()": ("TABLE(issuer text, source text, keys integer, fetched_at timestamp with time zone, "
+                      "expires_at timestamp with time zone, last_error text)", "v", "r"),
 }
 
 

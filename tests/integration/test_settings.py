@@ -9,7 +9,8 @@ from helpers import one
 from kinde import CLIENT_SECRET
 from pg import Cluster
 
-TRUST_BEARING = ["issuer", "audience", "jwks", "secret", "secret_file", "leeway", "trust_request_claims", "require_sub", "cache_size"]
+TRUST_BEARING = ["issuer", "audience", "jwks", "secret", "secret_file", "leeway", "trust_request_claims", "require_sub",
+                 "cache_size", "domain", "jwks_url", "providers", "jwks_timeout_ms", "jwks_cache_ttl", "jwks_min_refresh"]
 
 
 @pytest.mark.parametrize("name", TRUST_BEARING)

@@ -1,0 +1,643 @@
+//! From settings to providers, and verification against them.
+//!
+//! A provider is one issuer's trust: the `iss` values it answers for, its audiences, its keys
+//! (inline JWKS, an HMAC secret, and/or keys fetched from a URL) and optionally an algorithm
+//! allow-list. A token's `iss` selects its provider, so one provider's keys never verify another
+//! provider's tokens. `kinde_rls.providers` lists providers explicitly; otherwise the
+//! single-provider settings (`domain`, `issuer`, `audience`, `jwks`, `jwks_url`, `secret`)
+//! describe one.
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+use std::rc::Rc;
+
+use crate::error::{quote, Check, ConfigError, Error, Refusal};
+use crate::keys::{parse_algorithm, parse_jwks, Key};
+use crate::token::{parse, Parsed};
+use crate::verify::{self, split_list, ExplainRow, Policy, Verified};
+
+/// Where a provider's keys are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteSource {
+    /// A JWKS URL.
+    Jwks(String),
+    /// An OIDC issuer: `jwks_uri` from `<domain>/.well-known/openid-configuration`, falling back
+    /// to `<domain>/.well-known/jwks` (Kinde's path).
+    Discovery(String),
+}
+
+impl RemoteSource {
+    /// The cache key and the name shown in `jwks_status()`.
+    pub fn label(&self) -> &str {
+        match self {
+            RemoteSource::Jwks(u) | RemoteSource::Discovery(u) => u,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Accepted `iss` values; empty (single-provider mode without `kinde_rls.issuer`) means any.
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    /// Keys known without fetching: an inline JWKS and/or an HMAC secret.
+    pub keys: Vec<Key>,
+    pub remote: Option<RemoteSource>,
+    pub algorithms: Option<Vec<Algorithm>>,
+}
+
+impl Provider {
+    pub fn name(&self) -> String {
+        match self.issuers.first() {
+            Some(i) => i.clone(),
+            None => "(any issuer)".into(),
+        }
+    }
+}
+
+/// The settings as text, the way the extension reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Settings<'a> {
+    pub domain: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub jwks: Option<&'a str>,
+    pub jwks_url: Option<&'a str>,
+    pub secret: Option<&'a str>,
+    pub providers: Option<&'a str>,
+    pub leeway: i64,
+    pub require_sub: bool,
+}
+
+/// Everything verification needs, built once per settings generation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub leeway: i64,
+    pub require_sub: bool,
+}
+
+fn hmac_key(secret: &str, setting: &str) -> Result<Key, ConfigError> {
+    if secret.len() < 32 {
+        return Err(ConfigError::new(
+            setting,
+            format!("{setting} is {} bytes; HMAC secrets must be at least 32 bytes", secret.len()),
+            format!("Set {setting} to the full client secret (RFC 7518 §3.2 requires a secret as long as the hash)."),
+        ));
+    }
+    Ok(Key::hmac(secret.as_bytes()))
+}
+
+/// Check a key URL: `https://`, or `http://` to a loopback address (for tests).
+pub fn check_url(url: &str, setting: &str) -> Result<(), ConfigError> {
+    crate::fetch::url_allowed(url).map_err(|e| {
+        ConfigError::new(
+            setting,
+            format!("{setting} cannot be used: {e}"),
+            format!("Set {setting} to an https:// URL (plain http:// is allowed only to loopback addresses)."),
+        )
+    })
+}
+
+/// `https://acme.kinde.com/` → `https://acme.kinde.com`.
+pub fn normalize_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('/').to_string()
+}
+
+impl Config {
+    /// Build from settings. Errors name the setting and say how to fix it.
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let providers = match s.providers.filter(|p| !p.trim().is_empty()) {
+            Some(text) => parse_providers(text)?,
+            None => vec![single_provider(s)?],
+        };
+        Ok(Config {
+            providers,
+            leeway: s.leeway,
+            require_sub: s.require_sub,
+        })
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.providers
+            .iter()
+            .any(|p| !p.keys.is_empty() || p.remote.is_some())
+    }
+
+    /// The error for verifying with no key at all.
+    pub fn no_keys_error() -> ConfigError {
+        ConfigError::new(
+            "kinde_rls.domain",
+            "no verification key is configured",
+            "Set kinde_rls.domain (your Kinde domain), kinde_rls.jwks_url, kinde_rls.jwks or kinde_rls.secret as a superuser.",
+        )
+    }
+
+    pub fn policy(&self, p: &Provider) -> Policy {
+        Policy {
+            issuers: p.issuers.clone(),
+            audiences: p.audiences.clone(),
+            leeway: self.leeway,
+            require_sub: self.require_sub,
+        }
+    }
+
+    /// The provider for a token's `iss`.
+    pub fn provider_for(&self, claims: &Map<String, Value>) -> Result<&Provider, Refusal> {
+        let iss = match claims.get("iss") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(Refusal::new(Check::Iss, "claim iss is not a string")),
+        };
+        if let Some(p) = self.providers.iter().find(|p| p.issuers.is_empty()) {
+            return Ok(p);
+        }
+        if let Some(i) = iss {
+            if let Some(p) = self
+                .providers
+                .iter()
+                .find(|p| p.issuers.iter().any(|x| x == i))
+            {
+                return Ok(p);
+            }
+        }
+        let accepted: Vec<String> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.issuers.iter())
+            .map(|s| quote(s))
+            .collect();
+        Err(Refusal::new(
+            Check::Iss,
+            match iss {
+                Some(i) => format!("iss is {}; accepted: {}", quote(i), accepted.join(", ")),
+                None => format!(
+                    "the token has no iss claim; accepted: {}",
+                    accepted.join(", ")
+                ),
+            },
+        ))
+    }
+}
+
+fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
+    let mut keys = Vec::new();
+    if let Some(jwks) = s.jwks.filter(|j| !j.trim().is_empty()) {
+        keys = parse_jwks(jwks, false)
+            .map_err(|e| {
+                ConfigError::new(
+                    "kinde_rls.jwks",
+                    format!("kinde_rls.jwks cannot be used: {e}"),
+                    "Set kinde_rls.jwks to the JSON of the issuer's JWKS ({\"keys\": [...]}) or of one public JWK.",
+                )
+            })?
+            .keys;
+    }
+    if let Some(secret) = s.secret.filter(|x| !x.is_empty()) {
+        keys.push(hmac_key(secret, "kinde_rls.secret")?);
+    }
+    let domain = s.domain.map(normalize_domain).filter(|d| !d.is_empty());
+    if let Some(d) = &domain {
+        check_url(d, "kinde_rls.domain")?;
+    }
+    let remote = match (s.jwks_url.map(str::trim).filter(|u| !u.is_empty()), &domain) {
+        (Some(url), _) => {
+            check_url(url, "kinde_rls.jwks_url")?;
+            Some(RemoteSource::Jwks(url.to_string()))
+        }
+        (None, Some(d)) => Some(RemoteSource::Discovery(d.clone())),
+        (None, None) => None,
+    };
+    let mut issuers = split_list(s.issuer);
+    if issuers.is_empty() {
+        if let Some(d) = domain {
+            issuers.push(d);
+        }
+    }
+    Ok(Provider {
+        issuers,
+        audiences: split_list(s.audience),
+        keys,
+        remote,
+        algorithms: None,
+    })
+}
+
+fn providers_error(msg: String) -> ConfigError {
+    ConfigError::new(
+        "kinde_rls.providers",
+        format!("kinde_rls.providers cannot be used: {msg}"),
+        "Set kinde_rls.providers to a JSON array like [{\"issuer\": \"https://acme.kinde.com\", \"jwks_url\": \"https://acme.kinde.com/.well-known/jwks\", \"audience\": [\"api\"], \"algorithms\": [\"RS256\"]}].",
+    )
+}
+
+fn string_list(v: Option<&Value>, what: &str) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| format!("{what} must hold strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{what} must be a string or an array of strings")),
+    }
+}
+
+fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
+    let doc: Value =
+        serde_json::from_str(text).map_err(|e| providers_error(format!("not valid JSON ({e})")))?;
+    let list = doc
+        .as_array()
+        .ok_or_else(|| providers_error("it must be a JSON array".into()))?;
+    if list.is_empty() {
+        return Err(providers_error("the array is empty".into()));
+    }
+    let mut out: Vec<Provider> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let n = i + 1;
+        let err = |m: String| providers_error(format!("provider #{n}: {m}"));
+        let o = item
+            .as_object()
+            .ok_or_else(|| err("must be an object".into()))?;
+        for k in o.keys() {
+            if ![
+                "issuer",
+                "jwks_url",
+                "jwks",
+                "domain",
+                "audience",
+                "algorithms",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(err(format!(
+                    "unknown member {}{}",
+                    quote(k),
+                    if k == "secret" {
+                        " (secrets do not belong in a readable setting; use kinde_rls.secret_file with the single-provider settings)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        let domain = match o.get("domain") {
+            None => None,
+            Some(Value::String(d)) => Some(normalize_domain(d)),
+            Some(_) => return Err(err("domain must be a string".into())),
+        };
+        let issuer = match (o.get("issuer"), &domain) {
+            (Some(Value::String(s)), _) if !s.is_empty() => s.clone(),
+            (None, Some(d)) => d.clone(),
+            _ => return Err(err("issuer (a non-empty string) is required".into())),
+        };
+        if out.iter().any(|p| p.issuers.contains(&issuer)) {
+            return Err(err(format!("issuer {} is listed twice", quote(&issuer))));
+        }
+        let keys = match o.get("jwks") {
+            None | Some(Value::Null) => vec![],
+            Some(v @ Value::Object(_)) => {
+                parse_jwks(&v.to_string(), false)
+                    .map_err(|e| err(format!("jwks: {e}")))?
+                    .keys
+            }
+            Some(_) => return Err(err("jwks must be a JWKS object".into())),
+        };
+        let remote = match (o.get("jwks_url"), &domain) {
+            (Some(Value::String(u)), _) => {
+                crate::fetch::url_allowed(u).map_err(|e| err(format!("jwks_url: {e}")))?;
+                Some(RemoteSource::Jwks(u.clone()))
+            }
+            (Some(_), _) => return Err(err("jwks_url must be a string".into())),
+            (None, Some(d)) => {
+                crate::fetch::url_allowed(d).map_err(|e| err(format!("domain: {e}")))?;
+                Some(RemoteSource::Discovery(d.clone()))
+            }
+            (None, None) => None,
+        };
+        if keys.is_empty() && remote.is_none() {
+            return Err(err("needs keys: jwks_url, domain or jwks".into()));
+        }
+        let audiences = string_list(o.get("audience"), "audience").map_err(err)?;
+        let algorithms = match o.get("algorithms") {
+            None | Some(Value::Null) => None,
+            v => Some(
+                string_list(v, "algorithms")
+                    .map_err(err)?
+                    .iter()
+                    .map(|a| parse_algorithm(a).map_err(&err))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        out.push(Provider {
+            issuers: vec![issuer],
+            audiences,
+            keys,
+            remote,
+            algorithms,
+        });
+    }
+    Ok(out)
+}
+
+/// Keys that live behind a URL. The extension implements this with its caches (per backend or
+/// in shared memory); tests implement it with a map.
+pub trait KeySource {
+    /// The keys for `src`, fetching them if nothing usable is cached.
+    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<Vec<Key>>, String>;
+    /// A token named a `kid` we do not know: refetch if the rate limit allows; `None` if not.
+    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<Vec<Key>>>;
+}
+
+/// A source with nothing behind it.
+pub struct NoRemote;
+
+impl KeySource for NoRemote {
+    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<Vec<Key>>, String> {
+        Err(format!("keys from {} are not available here", src.label()))
+    }
+    fn refresh_for_unknown_kid(&mut self, _: &RemoteSource) -> Option<Rc<Vec<Key>>> {
+        None
+    }
+}
+
+fn provider_keys(p: &Provider, source: &mut dyn KeySource) -> (Vec<Key>, Option<String>) {
+    let mut keys = p.keys.clone();
+    let mut fetch_error = None;
+    if let Some(src) = &p.remote {
+        match source.keys(src) {
+            Ok(remote) => keys.extend(remote.iter().cloned()),
+            Err(e) => fetch_error = Some(e),
+        }
+    }
+    (keys, fetch_error)
+}
+
+/// Select keys, refetching once (rate-limited by the source) when the token names an unknown kid.
+fn select_with_refresh(
+    p: &Provider,
+    parsed: &Parsed,
+    alg: Algorithm,
+    source: &mut dyn KeySource,
+) -> Result<Vec<Key>, Refusal> {
+    let (mut keys, fetch_error) = provider_keys(p, source);
+    if keys.is_empty() {
+        return Err(Refusal::new(
+            Check::Key,
+            match (&fetch_error, &p.remote) {
+                (Some(e), Some(src)) => format!(
+                    "the keys of {} could not be fetched from {}: {e}",
+                    quote(&p.name()),
+                    src.label()
+                ),
+                _ => "no verification key is configured".into(),
+            },
+        ));
+    }
+    if let Some(allowed) = &p.algorithms {
+        if !allowed.contains(&alg) {
+            return Err(Refusal::new(
+                Check::Algorithm,
+                format!(
+                    "provider {} accepts only {}",
+                    quote(&p.name()),
+                    allowed
+                        .iter()
+                        .map(|a| crate::keys::algorithm_name(*a))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    match verify::select_keys(&keys, alg, parsed.kid.as_deref()) {
+        Ok(c) => Ok(c.into_iter().cloned().collect()),
+        Err(r) if r.check == Check::Key && parsed.kid.is_some() => {
+            if let Some(src) = &p.remote {
+                if let Some(fresh) = source.refresh_for_unknown_kid(src) {
+                    keys = p.keys.clone();
+                    keys.extend(fresh.iter().cloned());
+                    return verify::select_keys(&keys, alg, parsed.kid.as_deref())
+                        .map(|c| c.into_iter().cloned().collect());
+                }
+            }
+            Err(r)
+        }
+        Err(r) => Err(r),
+    }
+}
+
+/// Verify a token against the configuration.
+pub fn verify_configured(
+    token: &str,
+    config: &Config,
+    now: i64,
+    source: &mut dyn KeySource,
+) -> Result<Verified, Error> {
+    if !config.has_keys() {
+        return Err(Config::no_keys_error().into());
+    }
+    let p = parse(token)?;
+    let alg = verify::check_algorithm(&p)?;
+    let provider = config.provider_for(&p.payload)?;
+    let candidates = select_with_refresh(provider, &p, alg, source)?;
+    let refs: Vec<&Key> = candidates.iter().collect();
+    verify::check_signature(&p, alg, &refs)?;
+    let exp = verify::check_claims(&p.payload, &config.policy(provider), now)?;
+    Ok(Verified {
+        header: p.header,
+        claims: p.payload,
+        exp,
+    })
+}
+
+/// `jwt_explain()` against the configuration: which provider and key matched, or why none did.
+pub fn explain_configured(
+    token: &str,
+    config: &Config,
+    now: i64,
+    source: &mut dyn KeySource,
+) -> Vec<ExplainRow> {
+    let any = Policy {
+        issuers: vec![],
+        audiences: vec![],
+        leeway: config.leeway,
+        require_sub: config.require_sub,
+    };
+    let parsed = match parse(token) {
+        Ok(p) => p,
+        Err(_) => return verify::explain(token, &[], &any, now),
+    };
+    let provider = match config.provider_for(&parsed.payload) {
+        Ok(p) => p,
+        // One provider: explain the whole token against it; its iss row says what is wrong.
+        Err(_) if config.providers.len() == 1 => &config.providers[0],
+        Err(r) => {
+            let mut rows = verify::explain(token, &[], &any, now);
+            for row in rows.iter_mut() {
+                match row.check {
+                    Check::Key => {
+                        row.ok = None;
+                        row.detail = "not checked: no provider accepts this issuer".into();
+                    }
+                    Check::Signature => {
+                        row.ok = None;
+                        row.detail = "not checked: no provider".into();
+                    }
+                    Check::Iss => {
+                        row.ok = Some(false);
+                        row.detail = r.detail.clone();
+                    }
+                    _ => {}
+                }
+            }
+            return rows;
+        }
+    };
+    let keys = match verify::check_algorithm(&parsed) {
+        Ok(alg) => match select_with_refresh(provider, &parsed, alg, source) {
+            Ok(k) => Ok(k),
+            Err(r) => Err(r),
+        },
+        Err(r) => Err(r),
+    };
+    let policy = config.policy(provider);
+    let label = match &provider.remote {
+        Some(src) => format!(
+            "provider {} (keys from {})",
+            quote(&provider.name()),
+            src.label()
+        ),
+        None => format!("provider {}", quote(&provider.name())),
+    };
+    let mut rows = match &keys {
+        Ok(k) => verify::explain(token, k, &policy, now),
+        Err(_) => verify::explain(token, &[], &policy, now),
+    };
+    for row in rows.iter_mut() {
+        if row.check == Check::Key {
+            match &keys {
+                Ok(_) => row.detail = format!("{label}: {}", row.detail),
+                Err(r) if r.check == Check::Key => {
+                    row.ok = Some(false);
+                    row.detail = format!("{label}: {}", r.detail);
+                }
+                Err(_) => row.detail = format!("{label}: {}", row.detail),
+            }
+        }
+        if row.check == Check::Algorithm {
+            if let Err(r) = &keys {
+                if r.check == Check::Algorithm {
+                    row.ok = Some(false);
+                    row.detail = r.detail.clone();
+                }
+            }
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings<'static> {
+        Settings {
+            leeway: 30,
+            require_sub: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn domain_means_issuer_and_discovery() {
+        let s = Settings {
+            domain: Some("https://acme.kinde.com/"),
+            ..settings()
+        };
+        let c = Config::from_settings(&s).unwrap();
+        assert_eq!(c.providers[0].issuers, vec!["https://acme.kinde.com"]);
+        assert_eq!(
+            c.providers[0].remote,
+            Some(RemoteSource::Discovery("https://acme.kinde.com".into()))
+        );
+    }
+
+    #[test]
+    fn urls_must_be_https_or_loopback() {
+        for bad in [
+            "http://acme.kinde.com",
+            "ftp://x",
+            "http://10.0.0.1/jwks",
+            "not a url",
+        ] {
+            let s = Settings {
+                jwks_url: Some(bad),
+                ..settings()
+            };
+            let e = Config::from_settings(&s).unwrap_err();
+            assert_eq!(e.setting, "kinde_rls.jwks_url", "{bad}");
+        }
+        for good in [
+            "https://acme.kinde.com/.well-known/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/x",
+        ] {
+            let s = Settings {
+                jwks_url: Some(good),
+                ..settings()
+            };
+            assert!(Config::from_settings(&s).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn providers_parse_and_select_by_issuer() {
+        let p = r#"[{"issuer": "https://a.example", "jwks_url": "https://a.example/jwks", "audience": "api", "algorithms": ["RS256"]},
+                    {"domain": "https://b.kinde.com/"}]"#;
+        let c = Config::from_settings(&Settings {
+            providers: Some(p),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].audiences, vec!["api"]);
+        assert_eq!(c.providers[0].algorithms, Some(vec![Algorithm::RS256]));
+        assert_eq!(c.providers[1].issuers, vec!["https://b.kinde.com"]);
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"iss":"https://b.kinde.com"}"#).unwrap();
+        assert_eq!(
+            c.provider_for(&claims).unwrap().issuers[0],
+            "https://b.kinde.com"
+        );
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"iss":"https://c.example"}"#).unwrap();
+        assert_eq!(c.provider_for(&claims).unwrap_err().check, Check::Iss);
+    }
+
+    #[test]
+    fn providers_errors() {
+        for bad in [
+            "{}",
+            "[]",
+            r#"[{"jwks_url": "https://a/jwks"}]"#,
+            r#"[{"issuer": "a"}]"#,
+            r#"[{"issuer": "a", "jwks_url": "http://evil.example/jwks"}]"#,
+            r#"[{"issuer": "a", "jwks_url": "https://a/jwks", "secret": "x"}]"#,
+            r#"[{"issuer": "a", "jwks_url": "https://a/jwks"}, {"issuer": "a", "jwks_url": "https://a/jwks"}]"#,
+            r#"[{"issuer": "a", "jwks_url": "https://a/jwks", "algorithms": ["none"]}]"#,
+        ] {
+            let e = Config::from_settings(&Settings {
+                providers: Some(bad),
+                ..settings()
+            })
+            .unwrap_err();
+            assert_eq!(e.setting, "kinde_rls.providers", "{bad}");
+        }
+    }
+}

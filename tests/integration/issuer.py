@@ -1,0 +1,173 @@
+"""A mock Kinde issuer on 127.0.0.1: OpenID discovery and a JWKS, with the failures a real
+issuer can have. Started and stopped by the tests; loopback only.
+
+    issuer = MockIssuer()           # serves /.well-known/openid-configuration and the JWKS
+    token = issuer.sign(claims)     # RS256 with the current key, kid in the header
+    issuer.rotate()                 # new key; the old one leaves the set (keep_old=True keeps it)
+    issuer.mode = "500"             # or "hang", "garbage", "huge", "ok"
+    issuer.count("jwks")            # requests served, per endpoint
+"""
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from kinde import Signer, kinde_access_claims
+
+DISCOVERY = "/.well-known/openid-configuration"
+# Kinde publishes its keys at /.well-known/jwks; discovery points there. A custom path can be
+# given to prove that discovery's jwks_uri is what is followed.
+KINDE_JWKS = "/.well-known/jwks"
+
+
+class MockIssuer:
+    def __init__(self, jwks_path: str = KINDE_JWKS, discovery: bool = True, kind: str = "rsa"):
+        self.jwks_path = jwks_path
+        self.discovery = discovery
+        self.kind = kind
+        self.signers = [Signer(kind)]
+        self.mode = "ok"
+        self.hang_seconds = 10.0
+        self.counts = Counter()
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                issuer._serve(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    # -- what the tests use -------------------------------------------------------------------
+
+    @property
+    def iss(self) -> str:
+        return self.base
+
+    @property
+    def jwks_url(self) -> str:
+        return self.base + self.jwks_path
+
+    @property
+    def signer(self) -> Signer:
+        return self.signers[0]
+
+    def claims(self, sub: str, **extra) -> dict:
+        c = kinde_access_claims(sub, **extra)
+        c["iss"] = self.iss
+        return c
+
+    def sign(self, claims: dict, signer: Signer | None = None, **kw) -> str:
+        s = signer or self.signer
+        return s.sign(claims, "RS256" if s.kind.startswith("rsa") else "ES256", **kw)
+
+    def token(self, sub: str, **extra) -> str:
+        return self.sign(self.claims(sub, **extra))
+
+    def rotate(self, keep_old: bool = False) -> Signer:
+        new = Signer(self.kind)
+        with self._lock:
+            self.signers = [new] + (self.signers if keep_old else [])
+        return new
+
+    def count(self, endpoint: str) -> int:
+        with self._lock:
+            return self.counts[endpoint]
+
+    def reset_counts(self):
+        with self._lock:
+            self.counts.clear()
+
+    def stop(self):
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def jwks_doc(self) -> dict:
+        with self._lock:
+            keys = [s.jwk() for s in self.signers]
+        # A real set may hold keys we cannot use; they must be skipped, not fatal.
+        keys.append({"kty": "RSA", "use": "enc", "kid": "encryption-key", "n": "AQAB", "e": "AQAB"})
+        keys.append({"kty": "XYZ", "kid": "future-key-type"})
+        return {"keys": keys}
+
+    def _serve(self, h: BaseHTTPRequestHandler):
+        path = h.path.split("?")[0]
+        if path == DISCOVERY and self.discovery:
+            endpoint = "discovery"
+            body = json.dumps({
+                "issuer": self.iss,
+                "authorization_endpoint": self.base + "/oauth2/auth",
+                "token_endpoint": self.base + "/oauth2/token",
+                "jwks_uri": self.jwks_url,
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+        elif path == self.jwks_path:
+            endpoint = "jwks"
+            body = None
+        else:
+            endpoint = "other"
+            body = None
+        with self._lock:
+            self.counts[endpoint] += 1
+            self.counts["total"] += 1
+        if endpoint == "other":
+            return self._send(h, 404, "not found")
+        if self.mode == "hang":
+            self._release.wait(self.hang_seconds)
+            return self._send(h, 200, "{}")
+        if self.mode == "500":
+            return self._send(h, 500, "internal error")
+        if endpoint == "jwks":
+            if self.mode == "garbage":
+                return self._send(h, 200, "<html>not a key set</html>\x00\xff")
+            if self.mode == "huge":
+                return self._send_huge(h)
+            body = json.dumps(self.jwks_doc())
+        self._send(h, 200, body)
+
+    @staticmethod
+    def _send(h, status: int, body: str):
+        data = body.encode("utf-8", "surrogateescape")
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("Connection", "close")
+        h.end_headers()
+        try:
+            h.wfile.write(data)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _send_huge(h):
+        """Ten megabytes of valid-looking JSON, streamed without a Content-Length."""
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        chunk = ('{"kty":"oct","k":"' + "A" * 1000 + '"},').encode()
+        try:
+            h.wfile.write(b'{"keys":[')
+            deadline = time.time() + 10
+            for _ in range(10_000):
+                if time.time() > deadline:
+                    break
+                h.wfile.write(chunk)
+        except OSError:
+            pass

@@ -1,0 +1,476 @@
+"""Keys from the issuer: kinde_rls.domain / jwks_url / providers against a mock Kinde issuer on
+127.0.0.1. Discovery, rotation, outages, hangs, hostile bodies, kid floods, provider isolation,
+and the two cache homes (shared memory with preload, per backend without).
+
+Every test gets its own issuer and its own database, configured by a superuser with
+ALTER DATABASE, and queries as the non-superuser app_user."""
+
+import itertools
+import json
+import os
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from helpers import one, refused
+from issuer import MockIssuer
+from kinde import Signer, kinde_access_claims
+from pg import Cluster
+
+_db_names = itertools.count(1)
+
+
+@pytest.fixture
+def issuer():
+    i = MockIssuer()
+    yield i
+    i.stop()
+
+
+@pytest.fixture
+def make_issuer():
+    made = []
+
+    def make(**kw):
+        i = MockIssuer(**kw)
+        made.append(i)
+        return i
+
+    yield make
+    for i in made:
+        i.stop()
+
+
+def _keys_db(cluster, settings: dict) -> str:
+    name = f"keys_{next(_db_names)}_{os.getpid()}"
+    with cluster.connect() as su:
+        su.execute(f"CREATE DATABASE {name}")
+    with cluster.connect(dbname=name) as su:
+        su.execute("CREATE EXTENSION kinde_rls")
+        # The main cluster's HMAC secret (ALTER SYSTEM) is not part of these tests.
+        settings = {"secret_file": "", **settings}
+        for k, v in settings.items():
+            su.execute(f"ALTER DATABASE {name} SET kinde_rls.{k} = '{v}'")
+    return name
+
+
+@pytest.fixture
+def keys_db(cluster):
+    """keys_db(domain=..., jwks_min_refresh=...) → a function connecting as app_user."""
+    made = []
+
+    def make(**settings):
+        name = _keys_db(cluster, settings)
+        made.append(name)
+
+        def connect(user="app_user", **kw):
+            return cluster.connect(user=user, dbname=name, **kw)
+
+        connect.dbname = name
+        return connect
+
+    yield make
+    with cluster.connect() as su:
+        for name in made:
+            su.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def notices(conn):
+    got = []
+    conn.add_notice_handler(lambda d: got.append((d.severity_nonlocalized, d.message_primary)))
+    return got
+
+
+# -- the Kinde quick start ---------------------------------------------------------------------
+
+
+def test_domain_discovers_keys_and_is_the_issuer(issuer, keys_db):
+    connect = keys_db(domain=issuer.base + "/")
+    with connect() as c:
+        claims = one(c, "SELECT verify_jwt(%s)", (issuer.token("kp_alice"),))
+    assert claims["sub"] == "kp_alice"
+    assert issuer.count("discovery") == 1
+    assert issuer.count("jwks") == 1
+    # The domain is the accepted issuer: a token from the same keys with another iss is refused.
+    other = issuer.sign(dict(issuer.claims("kp_alice"), iss="https://evil.kinde.com"))
+    with connect() as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (other,), check="iss")
+        assert issuer.base in e.diag.message_detail
+
+
+def test_discovery_jwks_uri_is_followed(make_issuer, keys_db):
+    issuer = make_issuer(jwks_path="/custom/keys.json")
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        assert one(c, "SELECT get_user_id() FROM (SELECT set_config('kinde_rls.token', %s, false)) s",
+                   (issuer.token("kp_bob"),)) == "kp_bob"
+    assert issuer.count("discovery") == 1 and issuer.count("jwks") == 1
+    with connect() as c:
+        row = c.execute("SELECT issuer, source, keys, fetched_at IS NOT NULL, expires_at - fetched_at, last_error "
+                        "FROM jwks_status()").fetchone()
+    assert row[0] == issuer.base and row[1] == issuer.base
+    assert row[2] == 1  # the encryption key and the unknown key type were skipped
+    assert row[3] is True
+    assert row[4].total_seconds() == pytest.approx(600, abs=1)
+    assert row[5] is None
+
+
+def test_discovery_missing_falls_back_to_kinde_path(make_issuer, keys_db):
+    issuer = make_issuer(discovery=False)
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_carol"),)) == "kp_carol"
+    assert issuer.count("other") == 1  # the 404 on discovery
+    assert issuer.count("jwks") == 1
+
+
+def test_quick_start_as_written_without_preload(issuer):
+    """README quick start on a cluster without shared_preload_libraries: CREATE EXTENSION,
+    ALTER SYSTEM SET kinde_rls.domain, reload. Each backend then caches keys on its own."""
+    c = Cluster("quickstart", preload=False)
+    try:
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute(f"ALTER SYSTEM SET kinde_rls.domain = '{issuer.base}'")
+            su.execute("SELECT pg_reload_conf()")
+            su.execute("CREATE ROLE app_user LOGIN")
+        time.sleep(0.3)
+        for n in range(3):
+            with c.connect(user="app_user") as conn:
+                assert one(conn, "SELECT verify_jwt(%s)->>'sub'", (issuer.token(f"kp_{n}"),)) == f"kp_{n}"
+                # Within one backend the keys are cached.
+                assert one(conn, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_again"),)) == "kp_again"
+        # Per-backend mode: one fetch per backend.
+        assert issuer.count("jwks") == 3
+    finally:
+        c.stop()
+
+
+# -- rotation and outages ----------------------------------------------------------------------
+
+
+def test_rotation_is_picked_up_without_restart(issuer, keys_db):
+    connect = keys_db(domain=issuer.base, jwks_min_refresh=1)
+    old_token = issuer.token("kp_old")
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (old_token,)) == "kp_old"
+        time.sleep(1.1)
+        issuer.rotate()  # the old key leaves the set
+        new_token = issuer.token("kp_new")
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (new_token,)) == "kp_new"
+        assert issuer.count("jwks") == 2
+        # The retired key verifies nothing any more, not even from this backend's token cache.
+        e = refused(c, "SELECT verify_jwt(%s)", (old_token,), check="key")
+        assert f'known kids: "{issuer.signer.kid}")' in e.diag.message_detail
+
+
+def test_unknown_kid_refetch_is_rate_limited(issuer, keys_db):
+    connect = keys_db(domain=issuer.base)  # jwks_min_refresh defaults to 30 s
+    with connect() as c:
+        one(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        issuer.rotate(keep_old=True)
+        # Within min_refresh of the last fetch the new kid is not fetched: refused, honestly.
+        refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_b"),), check="key")
+    assert issuer.count("jwks") == 1
+
+
+def test_100_random_kids_cause_at_most_a_few_fetches(issuer, keys_db):
+    connect = keys_db(domain=issuer.base)
+    stranger = Signer("rsa")
+    with connect() as c:
+        one(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        for _ in range(100):
+            stranger.kid = uuid.uuid4().hex
+            refused(c, "SELECT verify_jwt(%s)", (issuer.sign(issuer.claims("kp_x"), signer=stranger),), check="key")
+    with connect() as c2:
+        for _ in range(20):
+            stranger.kid = uuid.uuid4().hex
+            refused(c2, "SELECT verify_jwt(%s)", (issuer.sign(issuer.claims("kp_x"), signer=stranger),), check="key")
+    assert issuer.count("jwks") <= 2
+
+
+def test_outage_keeps_cached_keys_working_with_a_warning(issuer, keys_db):
+    connect = keys_db(domain=issuer.base, jwks_cache_ttl=1, jwks_min_refresh=0)
+    with connect() as c:
+        got = notices(c)
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_a"),)) == "kp_a"
+        issuer.mode = "500"
+        time.sleep(1.2)  # the keys expire
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_b"),)) == "kp_b"
+        warnings = [m for s, m in got if s == "WARNING"]
+        assert warnings and "HTTP 500" in warnings[0] and "still using the keys" in warnings[0]
+        row = c.execute("SELECT keys, last_error FROM jwks_status()").fetchone()
+        assert row == (1, "HTTP 500")
+        issuer.mode = "ok"
+        time.sleep(1.2)
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_c"),)) == "kp_c"
+        assert one(c, "SELECT last_error FROM jwks_status()") is None
+
+
+def test_issuer_down_from_the_start_is_refused_not_anonymous(issuer, keys_db):
+    issuer.mode = "500"
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+        assert "could not be fetched" in e.diag.message_detail and "HTTP 500" in e.diag.message_detail
+        # The failed fetch is not retried on every query (min_refresh), and RLS stays closed.
+        with c.transaction():
+            c.execute("SELECT set_config('kinde_rls.token', %s, true)", (issuer.token("kp_a"),))
+            refused(c, "SELECT get_user_id()", check="key")
+    assert issuer.count("jwks") == 1
+
+
+def test_hanging_issuer_costs_at_most_the_timeout(issuer, keys_db):
+    issuer.mode = "hang"
+    connect = keys_db(domain=issuer.base, jwks_timeout_ms=500)
+    with connect() as c:
+        t0 = time.monotonic()
+        e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+        elapsed = time.monotonic() - t0
+        assert "timed out" in e.diag.message_detail
+        assert elapsed < 1.5, elapsed
+
+
+def test_hanging_refetch_keeps_cached_keys_within_the_timeout(issuer, keys_db):
+    connect = keys_db(domain=issuer.base, jwks_timeout_ms=400, jwks_cache_ttl=1, jwks_min_refresh=0)
+    with connect() as c:
+        got = notices(c)
+        one(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        issuer.mode = "hang"
+        time.sleep(1.2)
+        t0 = time.monotonic()
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_b"),)) == "kp_b"
+        assert time.monotonic() - t0 < 1.4
+        assert any("timed out" in m for s, m in got if s == "WARNING")
+
+
+@pytest.mark.parametrize("mode,detail", [("garbage", "cannot be used"), ("huge", "larger than")])
+def test_hostile_bodies_are_refused_cleanly(issuer, keys_db, mode, detail):
+    issuer.mode = mode
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+        assert detail in e.diag.message_detail
+        assert one(c, "SELECT 1") == 1  # the backend lives
+    with connect() as c:
+        assert one(c, "SELECT last_error FROM jwks_status()").find(detail) >= 0
+
+
+def test_https_certificates_are_checked(tmp_path, keys_db):
+    """An https issuer with a certificate the system does not trust is refused."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import datetime
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    issuer = MockIssuer()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+        issuer.server.socket = ctx.wrap_socket(issuer.server.socket, server_side=True)
+        url = f"https://127.0.0.1:{issuer.port}/.well-known/jwks"
+        connect = keys_db(jwks_url=url, issuer=issuer.base)
+        with connect() as c:
+            e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+            assert "could not be fetched" in e.diag.message_detail
+            assert "certificate" in e.diag.message_detail.lower() or "unknownissuer" in e.diag.message_detail.lower(), \
+                e.diag.message_detail
+    finally:
+        issuer.stop()
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting,value", [
+    ("jwks_url", "http://example.com/jwks"),
+    ("domain", "http://acme.kinde.com"),
+    ("jwks_url", "file:///etc/passwd"),
+    ("providers", "not json"),
+    ("providers", '[{"issuer": "https://a.example"}]'),
+    ("providers", '[{"issuer": "a", "jwks_url": "https://a/jwks", "secret": "x"}]'),
+])
+def test_bad_key_settings_are_config_errors_naming_the_setting(keys_db, setting, value):
+    connect = keys_db(**{setting: value.replace("'", "''")})
+    with connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT verify_jwt('a.b.c')")
+    assert ei.value.sqlstate == "22023"
+    assert f"kinde_rls.{setting}" in ei.value.diag.message_hint
+
+
+def test_refresh_jwks_is_for_superusers_and_counts_keys(issuer, keys_db):
+    connect = keys_db(jwks_url=issuer.jwks_url, issuer=issuer.base)
+    issuer.rotate(keep_old=True)
+    with connect(user="postgres") as su:
+        assert one(su, "SELECT refresh_jwks()") == 2
+        assert one(su, "SELECT refresh_jwks()") == 2  # forced: not rate-limited
+    assert issuer.count("jwks") == 2
+    with connect() as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT refresh_jwks()")
+        assert one(c, "SELECT keys FROM jwks_status()") == 2
+    issuer.mode = "500"
+    with connect(user="postgres") as su:
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT refresh_jwks()")
+        assert ei.value.sqlstate == "08000"
+        assert "HTTP 500" in ei.value.diag.message_detail
+
+
+def test_refresh_jwks_without_urls_is_a_config_error(keys_db):
+    connect = keys_db(issuer="https://acme.kinde.com")
+    with connect(user="postgres") as su:
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT refresh_jwks()")
+    assert ei.value.sqlstate == "22023"
+    assert "kinde_rls.domain" in ei.value.diag.message_hint
+
+
+def test_explain_names_provider_and_key(issuer, keys_db):
+    connect = keys_db(domain=issuer.base)
+    t = issuer.token("kp_a")
+    with connect() as c:
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)", (t,))}
+    assert rows["key"][0] is True
+    assert issuer.base in rows["key"][1] and issuer.signer.kid in rows["key"][1]
+    assert rows["signature"][0] is True and rows["iss"][0] is True
+    stranger = Signer("rsa")
+    with connect() as c:
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)",
+                                                      (issuer.sign(issuer.claims("kp_a"), signer=stranger),))}
+    assert rows["key"][0] is False and stranger.kid in rows["key"][1]
+    with connect() as c:
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)",
+                                                      (issuer.sign(dict(issuer.claims("kp_a"), iss="https://x.example")),))}
+    # One provider: the token is explained against it, and the iss row says what is wrong.
+    assert rows["iss"][0] is False and issuer.base in rows["iss"][1]
+    assert rows["signature"][0] is True
+
+
+# -- several providers -------------------------------------------------------------------------
+
+
+def test_providers_are_isolated(make_issuer, keys_db):
+    kinde = make_issuer()
+    other = make_issuer(kind="p256")
+    providers = json.dumps([
+        {"domain": kinde.base},
+        {"issuer": other.iss, "jwks_url": other.jwks_url, "audience": ["api://other"], "algorithms": ["ES256"]},
+    ])
+    connect = keys_db(providers=providers, jwks_min_refresh=0)
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (kinde.token("kp_kinde"),)) == "kp_kinde"
+        assert one(c, "SELECT get_token_identifier() FROM (SELECT set_config('kinde_rls.token', %s, false)) s",
+                   (other.token("user_9", aud=["api://other"]),)) == f"{other.iss}|user_9"
+        # The other provider's audience rule applies to its tokens only.
+        refused(c, "SELECT verify_jwt(%s)", (other.token("user_9", aud=["api://wrong"]),), check="aud")
+        # A token claiming Kinde's iss but signed with the other provider's key: Kinde's keys decide.
+        forged = other.sign(dict(kinde.claims("kp_kinde")))
+        refused(c, "SELECT verify_jwt(%s)", (forged,), check="key")
+        forged_rsa = kinde.sign(kinde.claims("kp_x"), signer=Signer("rsa", kid=kinde.signer.kid))
+        refused(c, "SELECT verify_jwt(%s)", (forged_rsa,), check="signature")
+        # And the other way round: an RS256 token for the ES256-only provider.
+        refused(c, "SELECT verify_jwt(%s)", (kinde.sign(other.claims("user_9", aud=["api://other"])),),
+                check="algorithm")
+        # An issuer nobody configured.
+        e = refused(c, "SELECT verify_jwt(%s)", (kinde.sign(dict(kinde.claims("kp_a"), iss="https://x.example")),),
+                    check="iss")
+        assert kinde.base in e.diag.message_detail and other.iss in e.diag.message_detail
+        explained = {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT * FROM jwt_explain(%s)", (kinde.sign(dict(kinde.claims("kp_a"), iss="https://x.example")),))}
+        assert explained["iss"][0] is False and explained["key"] == (None, "not checked: no provider accepts this issuer")
+        explained = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)", (other.token("u", aud=["api://other"]),))}
+        assert explained["key"][0] is True and other.iss in explained["key"][1] and other.jwks_url in explained["key"][1]
+        rows = c.execute("SELECT issuer, source, keys FROM jwks_status() ORDER BY issuer").fetchall()
+    assert sorted(rows) == sorted([(kinde.base, kinde.base, 1), (other.iss, other.jwks_url, 1)])
+
+
+def test_providers_replace_single_provider_settings(make_issuer, keys_db):
+    a = make_issuer()
+    b = make_issuer()
+    connect = keys_db(domain=a.base, providers=json.dumps([{"domain": b.base}]))
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (b.token("kp_b"),)) == "kp_b"
+        refused(c, "SELECT verify_jwt(%s)", (a.token("kp_a"),), check="iss")
+    assert a.count("total") == 0
+
+
+def test_two_issuers_sharing_one_jwks(issuer, keys_db):
+    """WorkOS-style: two issuers, one key set, fetched once."""
+    providers = json.dumps([
+        {"issuer": issuer.iss, "jwks_url": issuer.jwks_url},
+        {"issuer": issuer.iss + "/user_management", "jwks_url": issuer.jwks_url},
+    ])
+    connect = keys_db(providers=providers)
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("u1"),)) == "u1"
+        t2 = issuer.sign(dict(issuer.claims("u2"), iss=issuer.iss + "/user_management"))
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (t2,)) == "u2"
+    assert issuer.count("jwks") == 1
+
+
+# -- the shared-memory cache -------------------------------------------------------------------
+
+
+def test_shared_cache_fetches_once_for_many_backends(issuer, keys_db):
+    connect = keys_db(domain=issuer.base)
+    n = 12
+    conns = [connect() for _ in range(n)]
+    barrier = threading.Barrier(n)
+    results, errors = [], []
+
+    def work(conn, i):
+        try:
+            barrier.wait()
+            results.append(one(conn, "SELECT verify_jwt(%s)->>'sub'", (issuer.token(f"kp_{i}"),)))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(c, i)) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    assert not errors, errors
+    assert sorted(results) == sorted(f"kp_{i}" for i in range(n))
+    assert issuer.count("jwks") == 1
+    assert issuer.count("discovery") == 1
+    # New backends use the shared cache too.
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_late"),)) == "kp_late"
+    assert issuer.count("jwks") == 1
+
+
+def test_shared_cache_rotation_reaches_other_backends(issuer, keys_db):
+    connect = keys_db(domain=issuer.base, jwks_min_refresh=1)
+    with connect() as a, connect() as b:
+        old = issuer.token("kp_old")
+        assert one(a, "SELECT verify_jwt(%s)->>'sub'", (old,)) == "kp_old"
+        assert one(b, "SELECT verify_jwt(%s)->>'sub'", (old,)) == "kp_old"
+        time.sleep(1.1)
+        issuer.rotate()
+        assert one(a, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_new"),)) == "kp_new"
+        # b learns the new set from shared memory, without fetching, and drops the retired key.
+        refused(b, "SELECT verify_jwt(%s)", (old,), check="key")
+        assert one(b, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_new3"),)) == "kp_new3"
+    assert issuer.count("jwks") == 2
