@@ -2,8 +2,9 @@
 
 Two Kinde users, Peter and Mia, each see only their own todos; a tampered token is refused with
 its reason; an anonymous request sees nothing; a spoofed request.jwt.claims changes nothing.
-Tokens are RS256, signed by a stand-in for the Kinde business's key (PyJWT), verified inside
-PostgreSQL against its JWKS."""
+Tokens are RS256, signed (PyJWT) by a stand-in Kinde issuer on 127.0.0.1 that serves OpenID
+discovery and a JWKS; the database is told only the issuer's domain, fetches the keys itself,
+and picks up a key rotation without a restart."""
 
 import base64
 import json
@@ -14,7 +15,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import psycopg  # noqa: E402
-from kinde import KINDE_ISS, Signer, jwks, kinde_access_claims  # noqa: E402
+import time  # noqa: E402
+
+from issuer import MockIssuer  # noqa: E402
 from pg import Cluster  # noqa: E402
 from psycopg import sql  # noqa: E402
 
@@ -56,7 +59,8 @@ def main():
     c = Cluster("demo", preload=True)
     try:
         print(f"  data directory {c.data}, unix socket only")
-        kinde = Signer("rsa")
+        kinde = MockIssuer()
+        print(f"  a stand-in Kinde issuer at {kinde.base} (for https://<business>.kinde.com)")
         with c.connect() as su:
             su.execute("CREATE DATABASE app")
         with c.connect(dbname="app") as su:
@@ -65,14 +69,17 @@ def main():
             show_sql(r"\i sql/examples/todos.sql   -- Kinde's todo example, RLS on get_user_id()")
             su.execute(open(os.path.join(ROOT, "sql", "examples", "todos.sql")).read())
 
-            say("2. A superuser tells the database which issuer and keys to trust")
-            show_sql(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}';")
-            show_sql("ALTER DATABASE app SET kinde_rls.jwks = '{\"keys\": [{\"kty\": \"RSA\", \"kid\": \"" + kinde.kid + "\", …}]}';")
-            su.execute(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}'")
-            su.execute(f"ALTER DATABASE app SET kinde_rls.jwks = '{jwks(kinde)}'")
+            say("2. A superuser tells the database its Kinde domain: that is the whole configuration")
+            show_sql(f"ALTER SYSTEM SET kinde_rls.domain = '{kinde.base}';")
+            show_sql("ALTER SYSTEM SET kinde_rls.jwks_min_refresh = 2;   -- demo only: 30 s by default")
+            show_sql("SELECT pg_reload_conf();")
+            su.execute(f"ALTER SYSTEM SET kinde_rls.domain = '{kinde.base}'")
+            su.execute("ALTER SYSTEM SET kinde_rls.jwks_min_refresh = 2")
+            su.execute("SELECT pg_reload_conf()")
+            print("  the domain is the accepted issuer; keys come from its discovery document's jwks_uri")
 
-        peter_t = kinde.sign(kinde_access_claims("kp_peter"), "RS256")
-        mia_t = kinde.sign(kinde_access_claims("kp_mia"), "RS256")
+        peter_t = kinde.token("kp_peter")
+        mia_t = kinde.token("kp_mia")
         say("3. Kinde signs access tokens for Peter and Mia (RS256, kid in the header)")
         print(f"  Peter: {peter_t[:40]}…  sub = kp_peter")
         print(f"  Mia:   {mia_t[:40]}…  sub = kp_mia")
@@ -92,7 +99,7 @@ def main():
 
             say("6. Someone swaps Mia's sub into Peter's token, keeping Peter's signature")
             h, _, sig = peter_t.split(".")
-            forged_body = base64.urlsafe_b64encode(json.dumps(kinde_access_claims("kp_mia")).encode()).rstrip(b"=").decode()
+            forged_body = base64.urlsafe_b64encode(json.dumps(kinde.claims("kp_mia")).encode()).rstrip(b"=").decode()
             try:
                 request(api, "authenticated", f"{h}.{forged_body}.{sig}", "SELECT * FROM todos")
                 print(f"  {RED}accepted — this must never happen{OFF}")
@@ -113,12 +120,32 @@ def main():
             print(f"  get_user_id() = {uid!r}, todos visible = {n}")
 
             say("9. Why is an expired token refused? jwt_explain() says, check by check")
-            old = kinde.sign(kinde_access_claims("kp_peter", lifetime=-7200), "RS256")
+            old = kinde.sign(kinde.claims("kp_peter", lifetime=-7200))
             rows = request(api, "authenticated", None, f"SELECT \"check\", ok, detail FROM jwt_explain('{old}')")
             table([(r[0], {True: "ok", False: "FAILED", None: "-"}[r[1]], r[2]) for r in rows], ["check", "ok", "detail"])
-        say("The end: the cluster is stopped and removed.")
+            say("10. The keys were fetched once, for every session (shared memory cache)")
+            rows = request(api, "authenticated", None, "SELECT source, keys, fetched_at IS NOT NULL, last_error FROM jwks_status()")
+            table(rows, ["source", "keys", "fetched", "last_error"])
+            print(f"  requests the issuer served: discovery {kinde.count('discovery')}, JWKS {kinde.count('jwks')}")
+
+            say("11. Kinde rotates its signing key; no restart, no new setting")
+            time.sleep(2.1)
+            kinde.rotate()
+            print(f"  new kid {kinde.signer.kid}; the old key is gone from the JWKS")
+            new_t = kinde.token("kp_peter")
+            rows = request(api, "authenticated", new_t, "SELECT get_user_id(), count(*) FROM todos")
+            print(f"  Peter's new token: get_user_id() = {rows[0][0]!r}, todos visible = {rows[0][1]} "
+                  f"(the unknown kid triggered one refetch: JWKS requests now {kinde.count('jwks')})")
+            try:
+                request(api, "authenticated", peter_t, "SELECT * FROM todos")
+                print(f"  {RED}the retired key was accepted — this must never happen{OFF}")
+                sys.exit(1)
+            except psycopg.Error as e:
+                print(f"  Peter's old token, signed with the retired key: {GREEN}refused{OFF}: {e.diag.message_primary}")
+        say("The end: the cluster and the issuer are stopped, the cluster removed.")
     finally:
         c.stop()
+        kinde.stop()
 
 
 if __name__ == "__main__":

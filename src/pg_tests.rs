@@ -145,4 +145,32 @@ mod tests {
             Some("org_1")
         );
     }
+
+    #[pg_test]
+    fn jwks_status_lists_configured_keys() {
+        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
+        Spi::run("SET kinde_rls.issuer = 'https://acme.kinde.com'").unwrap();
+        let row = Spi::get_two::<String, i32>("SELECT source, keys FROM jwks_status()").unwrap();
+        assert_eq!(row, (Some("configured".into()), Some(1)));
+        Spi::run("SET kinde_rls.domain = 'https://acme.kinde.com'").unwrap();
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM jwks_status() WHERE source = 'https://acme.kinde.com' AND fetched_at IS NULL",
+        )
+        .unwrap();
+        assert_eq!(n, Some(1));
+    }
+
+    #[pg_test(error = "no key URL is configured: there is nothing to refresh")]
+    fn refresh_without_a_url_is_a_config_error() {
+        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
+        Spi::run("SELECT refresh_jwks()").unwrap();
+    }
+
+    #[pg_test(
+        error = "kinde_rls.jwks_url cannot be used: plain http:// is allowed only to loopback addresses, not \"example.com\""
+    )]
+    fn plain_http_to_a_remote_host_is_refused() {
+        Spi::run("SET kinde_rls.jwks_url = 'http://example.com/jwks'").unwrap();
+        Spi::run("SELECT verify_jwt('a.b.c')").unwrap();
+    }
 }
