@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
 export PG PG_CONFIG KINDE_RLS_VENV=$(VENV)
 
-.PHONY: setup install test lint unit pgtest integration demo clean
+.PHONY: setup install test lint unit pgtest integration demo bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -37,6 +37,11 @@ test: lint unit pgtest integration
 
 demo: install
 	$(PY) scripts/demo.py
+
+# Performance, side by side in one run; writes bench/RESULTS.md. BENCH_ARGS=--quick for a smoke run.
+bench: install
+	cargo build --release --manifest-path bench/core/Cargo.toml
+	$(PY) bench/bench.py --write bench/RESULTS.md $(BENCH_ARGS)
 
 clean:
 	cargo clean

@@ -25,23 +25,48 @@ use crate::errors::guarded;
 use crate::gucs::{self, CONFIG_GEN, TOKEN_GEN};
 use crate::jwks;
 
-/// A verified (or, by a superuser's choice, trusted) set of claims.
+/// A verified (or, by a superuser's choice, trusted) set of claims. `sub` is extracted at
+/// verification; the full claim map is built only when a function asks for it, once.
 #[derive(Debug)]
 pub struct Identity {
-    pub claims: Map<String, Value>,
+    /// The payload as validated JSON text.
+    payload: String,
+    claims: once_cell::unsync::OnceCell<Map<String, Value>>,
     pub sub: Option<String>,
     /// Last second (exclusive) at which this identity may be used: `exp + leeway`.
     pub valid_until: i64,
 }
 
 impl Identity {
-    fn new(claims: Map<String, Value>, valid_until: i64) -> Self {
-        let sub = claims::subject(&claims).map(String::from);
+    fn from_verified(v: kinde_rls_core::Verified, valid_until: i64) -> Self {
+        let sub = claims::subject(&v.registered).map(String::from);
         Identity {
-            claims,
+            payload: v.payload,
+            claims: once_cell::unsync::OnceCell::new(),
             sub,
             valid_until,
         }
+    }
+
+    fn from_claims(map: Map<String, Value>, text: &str, valid_until: i64) -> Self {
+        let sub = claims::subject(&map).map(String::from);
+        Identity {
+            payload: text.to_owned(),
+            claims: once_cell::unsync::OnceCell::from(map),
+            sub,
+            valid_until,
+        }
+    }
+
+    /// All claims.
+    pub fn claims(&self) -> &Map<String, Value> {
+        self.claims
+            .get_or_init(|| token::full_claims(&self.payload))
+    }
+
+    /// The claims as JSON text (what `verify_jwt` returns, without a round trip through a map).
+    pub fn payload_json(&self) -> &str {
+        &self.payload
     }
 }
 
@@ -209,7 +234,7 @@ impl State {
             i64::MAX
         };
         let valid_until = verified.exp.saturating_add(config.leeway).min(keys_until);
-        let id = Rc::new(Identity::new(verified.claims, valid_until));
+        let id = Rc::new(Identity::from_verified(verified, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
         if cap > 0 {
             while self.order.len() >= cap {
@@ -273,13 +298,15 @@ fn still_valid(id: &Option<Rc<Identity>>, now: i64) -> bool {
 }
 
 fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
-    if let Some(token) = gucs::str_value(&gucs::TOKEN) {
-        let key = Key::Token(TOKEN_GEN.load(Ordering::Relaxed));
-        if let Some(last) = &s.last {
-            if last.key == key && still_valid(&last.identity, now) {
-                return Ok(last.identity.clone());
-            }
+    // The per-row fast path: the token has not changed since the last lookup (every change,
+    // including the end of a SET LOCAL, bumps TOKEN_GEN), so neither read nor hash it.
+    let key = Key::Token(TOKEN_GEN.load(Ordering::Relaxed));
+    if let Some(last) = &s.last {
+        if last.key == key && still_valid(&last.identity, now) {
+            return Ok(last.identity.clone());
         }
+    }
+    if let Some(token) = gucs::str_value(&gucs::TOKEN) {
         s.last = None;
         let id = s.verify(token.trim(), now)?;
         s.last = Some(Last {
@@ -339,7 +366,7 @@ fn trusted_claims(text: &str) -> Result<Option<Rc<Identity>>, Error> {
     if map.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Rc::new(Identity::new(map, i64::MAX))))
+    Ok(Some(Rc::new(Identity::from_claims(map, text, i64::MAX))))
 }
 
 #[cfg(test)]

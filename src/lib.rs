@@ -24,6 +24,56 @@ pub extern "C-unwind" fn _PG_init() {
     jwks::init();
 }
 
+/// A `jsonb` result made straight from JSON text that was already validated (a token's payload),
+/// skipping the round trip through a `serde_json` map that `JsonB` would make.
+pub struct RawJsonB(String);
+
+impl pgrx::IntoDatum for RawJsonB {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        // The payload is UTF-8 JSON from a token; an interior NUL cannot survive JSON parsing
+        // unescaped, but fail closed rather than truncate.
+        let c = std::ffi::CString::new(self.0).unwrap_or_else(|_| c"null".to_owned());
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::jsonb_in,
+                &[Some(pg_sys::Datum::from(c.as_ptr()))],
+            )
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl pgrx::callconv::BoxRet for RawJsonB {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        match pgrx::IntoDatum::into_datum(self) {
+            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RawJsonB {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonB);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}
+
 fn current() -> Option<std::rc::Rc<identity::Identity>> {
     identity::current().unwrap_or_else(|e| errors::raise(&e))
 }
@@ -44,15 +94,15 @@ fn obj_or_raise(claims_json: Value, arg: &str) -> Map<String, Value> {
 
 /// Verify a token against the configured keys and rules; returns its claims.
 #[pg_extern(stable, strict, parallel_safe)]
-fn verify_jwt(token: &str) -> JsonB {
+fn verify_jwt(token: &str) -> RawJsonB {
     let id = identity::verify_configured(token.trim()).unwrap_or_else(|e| errors::raise(&e));
-    JsonB(Value::Object(id.claims.clone()))
+    RawJsonB(id.payload_json().to_owned())
 }
 
 /// Verify a token with an explicit key (HMAC secret, PEM public key, or JWK/JWKS JSON text).
 /// Checks the signature and the time claims (`exp` required, `nbf` honoured).
 #[pg_extern(name = "verify_jwt", stable, strict, parallel_safe)]
-fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256'")) -> JsonB {
+fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256'")) -> RawJsonB {
     let (keys, alg) = explicit_keys(key, algorithm).unwrap_or_else(|e| errors::config(&e));
     let policy = Policy {
         issuers: vec![],
@@ -67,7 +117,7 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
             .map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
-    JsonB(Value::Object(verified.claims))
+    RawJsonB(verified.payload)
 }
 
 /// Sign claims into a compact JWS. For tests, demos and the HS256 re-signing flow.
@@ -237,53 +287,53 @@ fn get_user_id() -> Option<String> {
 
 /// All verified claims of the current request, or NULL.
 #[pg_extern(stable, parallel_safe)]
-fn get_claims() -> Option<JsonB> {
-    current().map(|i| JsonB(Value::Object(i.claims.clone())))
+fn get_claims() -> Option<RawJsonB> {
+    current().map(|i| RawJsonB(i.payload_json().to_owned()))
 }
 
 /// One verified claim, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
 fn get_claim(name: &str) -> Option<JsonB> {
     current()
-        .and_then(|i| i.claims.get(name).cloned())
+        .and_then(|i| i.claims().get(name).cloned())
         .map(JsonB)
 }
 
 /// The verified `email` claim, or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn get_email() -> Option<String> {
-    current().and_then(|i| claims::email(&i.claims).map(String::from))
+    current().and_then(|i| claims::email(i.claims()).map(String::from))
 }
 
 /// `iss || '|' || sub`: unique across issuers.
 #[pg_extern(stable, parallel_safe)]
 fn get_token_identifier() -> Option<String> {
-    current().and_then(|i| claims::token_identifier(&i.claims))
+    current().and_then(|i| claims::token_identifier(i.claims()))
 }
 
 /// Kinde `org_code`, or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn get_org_code() -> Option<String> {
-    current().and_then(|i| claims::org_code(&i.claims).map(String::from))
+    current().and_then(|i| claims::org_code(i.claims()).map(String::from))
 }
 
 /// Does the verified token's Kinde `permissions` array contain `permission`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
 fn has_permission(permission: &str) -> bool {
-    current().is_some_and(|i| claims::has_permission(&i.claims, permission))
+    current().is_some_and(|i| claims::has_permission(&i.claims(), permission))
 }
 
 /// Does the verified token's Kinde `roles` array hold a role with this `key`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
 fn has_role(role_key: &str) -> bool {
-    current().is_some_and(|i| claims::has_role(&i.claims, role_key))
+    current().is_some_and(|i| claims::has_role(&i.claims(), role_key))
 }
 
 /// The value (`v`) of a Kinde feature flag, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
 fn get_feature_flag(name: &str) -> Option<JsonB> {
     current()
-        .and_then(|i| claims::feature_flag(&i.claims, name).cloned())
+        .and_then(|i| claims::feature_flag(&i.claims(), name).cloned())
         .map(JsonB)
 }
 

@@ -450,7 +450,8 @@ pub fn verify_configured(
     let exp = verify::check_claims(&p.payload, &config.policy(provider), now)?;
     Ok(Verified {
         header: p.header,
-        claims: p.payload,
+        registered: p.payload,
+        payload: p.payload_json,
         exp,
     })
 }

@@ -44,7 +44,11 @@ pub struct Parts<'a> {
 #[derive(Debug, Clone)]
 pub struct Parsed<'a> {
     pub header: Map<String, Value>,
+    /// The registered claims the checks read (`exp`, `nbf`, `iat`, `iss`, `aud`, `sub`); the
+    /// rest of the payload is validated (JSON object, unique member names) but not built.
     pub payload: Map<String, Value>,
+    /// The whole payload as JSON text, for [`full_claims`] when someone asks for all claims.
+    pub payload_json: String,
     /// `base64url(header) || '.' || base64url(payload)`: the bytes the signature covers.
     pub signing_input: &'a str,
     /// The third segment as sent (base64url).
@@ -101,6 +105,59 @@ impl<'de> Deserialize<'de> for UniqueObject {
 
 /// Parse a JSON object with unique top-level names. serde_json's recursion limit (128) bounds
 /// nesting, so a 100,000-deep document is an error, not a stack overflow.
+/// Claims the checks need. Everything else is skipped while parsing (still validated).
+pub const REGISTERED: &[&str] = &["exp", "nbf", "iat", "iss", "aud", "sub"];
+
+struct Registered(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Registered {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Registered;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Registered, A::Error> {
+                let mut out = Map::new();
+                // Member names seen, to refuse duplicates without building the values. Borrowed
+                // from the input unless they contain escapes.
+                let mut seen: Vec<std::borrow::Cow<'de, str>> = Vec::with_capacity(32);
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if seen.contains(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate member {}",
+                            quote(&k)
+                        )));
+                    }
+                    if REGISTERED.contains(&k.as_ref()) {
+                        let v: Value = m.next_value()?;
+                        out.insert(k.to_string(), v);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    seen.push(k);
+                }
+                Ok(Registered(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse a payload: the registered claims as a map, the whole as validated JSON text.
+fn parse_payload(bytes: Vec<u8>) -> Result<(Map<String, Value>, String), Refusal> {
+    let text = String::from_utf8(bytes).map_err(|_| malformed("the payload is not valid UTF-8"))?;
+    let reg = serde_json::from_str::<Registered>(&text)
+        .map_err(|e| malformed(format!("the payload is not a JSON object ({e})")))?;
+    Ok((reg.0, text))
+}
+
+/// All claims of a payload that [`parse`] validated.
+pub fn full_claims(payload_json: &str) -> Map<String, Value> {
+    parse_object(payload_json.as_bytes(), "payload").unwrap_or_default()
+}
+
 pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refusal> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| malformed(format!("the {what} is not valid UTF-8")))?;
@@ -111,7 +168,8 @@ pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refu
 
 /// Split and decode a compact JWS into header, payload, signing input and signature, checking
 /// only the format. `jwt_decode_unverified()` stops here; [`parse`] goes on to the header rules.
-pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
+/// Split a compact JWS into its three segments, refusing wrong shapes before any decoding.
+fn split(token: &str) -> Result<(&str, &str, &str), Refusal> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(malformed(format!(
             "the token is {} bytes; the limit is {} bytes",
@@ -142,6 +200,12 @@ pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
     if h.is_empty() || p.is_empty() {
         return Err(malformed("the header or payload segment is empty"));
     }
+    Ok((h, p, s))
+}
+
+/// Decode a token's header and whole payload (for `jwt_decode_unverified`).
+pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
+    let (h, p, s) = split(token)?;
     let header = parse_object(&b64_decode(h, "header")?, "header")?;
     let payload = parse_object(&b64_decode(p, "payload")?, "payload")?;
     Ok(Parts {
@@ -154,12 +218,10 @@ pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
 
 /// Split and decode a compact JWS. Checks format and the header rules that need no key.
 pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
-    let Parts {
-        header,
-        payload,
-        signing_input,
-        signature_b64,
-    } = decode_parts(token)?;
+    let (h, p, signature_b64) = split(token)?;
+    let header = parse_object(&b64_decode(h, "header")?, "header")?;
+    let (payload, payload_json) = parse_payload(b64_decode(p, "payload")?)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
         Some(_) => {
@@ -200,6 +262,7 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
     Ok(Parsed {
         header,
         payload,
+        payload_json,
         signing_input,
         signature_b64,
         alg,

@@ -56,9 +56,19 @@ pub fn split_list(s: Option<&str>) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub header: Map<String, Value>,
-    pub claims: Map<String, Value>,
+    /// The registered claims that were checked (`exp`, `nbf`, `iat`, `iss`, `aud`, `sub`).
+    pub registered: Map<String, Value>,
+    /// The whole payload, validated JSON text; [`Verified::claims`] builds the map.
+    pub payload: String,
     /// `exp`, whole seconds since the epoch.
     pub exp: i64,
+}
+
+impl Verified {
+    /// All claims (parses the payload; keep the result if you need it more than once).
+    pub fn claims(&self) -> Map<String, Value> {
+        crate::token::full_claims(&self.payload)
+    }
 }
 
 /// Format a Unix time as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian, days-from-civil inverse).
@@ -437,7 +447,8 @@ pub fn verify_expecting(
     let exp = check_claims(&p.payload, policy, now)?;
     Ok(Verified {
         header: p.header,
-        claims: p.payload,
+        registered: p.payload,
+        payload: p.payload_json,
         exp,
     })
 }
