@@ -320,20 +320,20 @@ fn get_org_code() -> Option<String> {
 /// Does the verified token's Kinde `permissions` array contain `permission`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
 fn has_permission(permission: &str) -> bool {
-    current().is_some_and(|i| claims::has_permission(&i.claims(), permission))
+    current().is_some_and(|i| claims::has_permission(i.claims(), permission))
 }
 
 /// Does the verified token's Kinde `roles` array hold a role with this `key`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
 fn has_role(role_key: &str) -> bool {
-    current().is_some_and(|i| claims::has_role(&i.claims(), role_key))
+    current().is_some_and(|i| claims::has_role(i.claims(), role_key))
 }
 
 /// The value (`v`) of a Kinde feature flag, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
 fn get_feature_flag(name: &str) -> Option<JsonB> {
     current()
-        .and_then(|i| claims::feature_flag(&i.claims(), name).cloned())
+        .and_then(|i| claims::feature_flag(i.claims(), name).cloned())
         .map(JsonB)
 }
 
