@@ -90,10 +90,78 @@ struct State {
     config_gen: u64,
     keys_epoch: u64,
     config: Option<Rc<Config>>,
-    cache: HashMap<Rc<str>, Rc<Identity>>,
-    order: VecDeque<Rc<str>>,
+    cache: TokenCache,
     last: Option<Last>,
     secret_file_stamp: FileStamp,
+    /// Statement start (µs) at which the secret file was last looked at: once per statement.
+    stamp_checked_at: i64,
+}
+
+/// Verified tokens, compared on the whole token but hashed on its length and last 32 bytes
+/// (the signature): hashing a whole 1 KiB token would cost more than the rest of a lookup.
+/// Only verified tokens are inserted, and nobody can make many valid tokens sharing a
+/// signature tail, so buckets stay at one entry.
+#[derive(Default)]
+struct TokenCache {
+    map: HashMap<[u8; 40], Bucket>,
+    order: VecDeque<Rc<str>>,
+}
+
+/// The cached tokens sharing a hash key (in practice one).
+type Bucket = Vec<(Rc<str>, Rc<Identity>)>;
+
+fn bucket_key(token: &str) -> [u8; 40] {
+    let b = token.as_bytes();
+    let tail = &b[b.len().saturating_sub(32)..];
+    let mut k = [0u8; 40];
+    k[..tail.len()].copy_from_slice(tail);
+    k[32..].copy_from_slice(&(b.len() as u64).to_le_bytes());
+    k
+}
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<&Rc<Identity>> {
+        self.map
+            .get(&bucket_key(token))?
+            .iter()
+            .find(|(t, _)| &**t == token)
+            .map(|(_, id)| id)
+    }
+
+    fn remove(&mut self, token: &str) {
+        let k = bucket_key(token);
+        if let Some(bucket) = self.map.get_mut(&k) {
+            bucket.retain(|(t, _)| &**t != token);
+            if bucket.is_empty() {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Insert, evicting the oldest entries to stay within `cap`.
+    fn insert(&mut self, token: &str, id: Rc<Identity>, cap: usize) {
+        if cap == 0 {
+            return;
+        }
+        self.remove(token);
+        while self.order.len() >= cap {
+            match self.order.pop_front() {
+                Some(old) => self.remove(&old),
+                None => break,
+            }
+        }
+        let t: Rc<str> = Rc::from(token);
+        self.map
+            .entry(bucket_key(token))
+            .or_default()
+            .push((t.clone(), id));
+        self.order.push_back(t);
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
 }
 
 thread_local! {
@@ -181,26 +249,29 @@ impl State {
             // Fetched keys changed (rotation): drop what was verified with the old ones.
             self.keys_epoch = epoch;
             self.cache.clear();
-            self.order.clear();
             self.last = None;
         }
         if self.config_gen != gen {
             self.config_gen = gen;
             self.config = None;
             self.cache.clear();
-            self.order.clear();
             self.last = None;
         }
     }
 
     fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
-        // A replaced secret file invalidates everything verified with the old secret.
-        let file_stamp = gucs::str_value(&gucs::SECRET_FILE).and_then(stamp);
-        if file_stamp != self.secret_file_stamp {
-            self.config = None;
-            self.cache.clear();
-            self.order.clear();
-            self.last = None;
+        // A replaced secret file invalidates everything verified with the old secret. Looked at
+        // once per statement, not once per token.
+        let stmt = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
+        let mut file_stamp = self.secret_file_stamp;
+        if self.config.is_none() || stmt != self.stamp_checked_at {
+            file_stamp = gucs::str_value(&gucs::SECRET_FILE).and_then(stamp);
+            self.stamp_checked_at = stmt;
+            if file_stamp != self.secret_file_stamp {
+                self.config = None;
+                self.cache.clear();
+                self.last = None;
+            }
         }
         if let Some(c) = &self.config {
             return Ok(c.clone());
@@ -219,11 +290,10 @@ impl State {
         }
         let config = self.config()?;
         let (verified, keys_until) = {
-            let config = config.clone();
-            let token = token.to_owned();
+            let config = std::panic::AssertUnwindSafe(&*config);
             guarded(move || {
                 let mut source = jwks::Source::default();
-                let v = config::verify_configured(&token, &config, now, &mut source)?;
+                let v = config::verify_configured(token, &config, now, &mut source)?;
                 Ok((v, source.until))
             })?
         };
@@ -236,17 +306,7 @@ impl State {
         let valid_until = verified.exp.saturating_add(config.leeway).min(keys_until);
         let id = Rc::new(Identity::from_verified(verified, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
-        if cap > 0 {
-            while self.order.len() >= cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.cache.remove(&old);
-                }
-            }
-            let k: Rc<str> = Rc::from(token);
-            if self.cache.insert(k.clone(), id.clone()).is_none() {
-                self.order.push_back(k);
-            }
-        }
+        self.cache.insert(token, id.clone(), cap);
         Ok(id)
     }
 }

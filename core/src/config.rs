@@ -44,6 +44,8 @@ pub struct Provider {
     pub keys: Vec<Key>,
     pub remote: Option<RemoteSource>,
     pub algorithms: Option<Vec<Algorithm>>,
+    /// Issuers, audiences, leeway and `sub` rule together, as the checks take them.
+    pub policy: Policy,
 }
 
 impl Provider {
@@ -111,6 +113,15 @@ impl Config {
             Some(text) => parse_providers(text)?,
             None => vec![single_provider(s)?],
         };
+        let mut providers = providers;
+        for p in providers.iter_mut() {
+            p.policy = Policy {
+                issuers: p.issuers.clone(),
+                audiences: p.audiences.clone(),
+                leeway: s.leeway,
+                require_sub: s.require_sub,
+            };
+        }
         Ok(Config {
             providers,
             leeway: s.leeway,
@@ -133,13 +144,9 @@ impl Config {
         )
     }
 
-    pub fn policy(&self, p: &Provider) -> Policy {
-        Policy {
-            issuers: p.issuers.clone(),
-            audiences: p.audiences.clone(),
-            leeway: self.leeway,
-            require_sub: self.require_sub,
-        }
+    /// The rules for a provider's tokens (built once, with the configuration).
+    pub fn policy<'a>(&'a self, p: &'a Provider) -> &'a Policy {
+        &p.policy
     }
 
     /// The provider for a token's `iss`.
@@ -220,6 +227,7 @@ fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
         keys,
         remote,
         algorithms: None,
+        policy: Policy::default(),
     })
 }
 
@@ -339,6 +347,7 @@ fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
             keys,
             remote,
             algorithms,
+            policy: Policy::default(),
         });
     }
     Ok(out)
@@ -378,41 +387,48 @@ fn provider_keys(p: &Provider, source: &mut dyn KeySource) -> (Vec<Key>, Option<
 }
 
 /// Select keys, refetching once (rate-limited by the source) when the token names an unknown kid.
+fn no_keys_refusal(p: &Provider, fetch_error: Option<&str>) -> Refusal {
+    Refusal::new(
+        Check::Key,
+        match (fetch_error, &p.remote) {
+            (Some(e), Some(src)) => format!(
+                "the keys of {} could not be fetched from {}: {e}",
+                quote(&p.name()),
+                src.label()
+            ),
+            _ => "no verification key is configured".into(),
+        },
+    )
+}
+
+fn check_provider_algorithm(p: &Provider, alg: Algorithm) -> Result<(), Refusal> {
+    match &p.algorithms {
+        Some(allowed) if !allowed.contains(&alg) => Err(Refusal::new(
+            Check::Algorithm,
+            format!(
+                "provider {} accepts only {}",
+                quote(&p.name()),
+                allowed
+                    .iter()
+                    .map(|a| crate::keys::algorithm_name(*a))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn select_with_refresh(
     p: &Provider,
     parsed: &Parsed,
     alg: Algorithm,
     source: &mut dyn KeySource,
 ) -> Result<Vec<Key>, Refusal> {
+    check_provider_algorithm(p, alg)?;
     let (mut keys, fetch_error) = provider_keys(p, source);
     if keys.is_empty() {
-        return Err(Refusal::new(
-            Check::Key,
-            match (&fetch_error, &p.remote) {
-                (Some(e), Some(src)) => format!(
-                    "the keys of {} could not be fetched from {}: {e}",
-                    quote(&p.name()),
-                    src.label()
-                ),
-                _ => "no verification key is configured".into(),
-            },
-        ));
-    }
-    if let Some(allowed) = &p.algorithms {
-        if !allowed.contains(&alg) {
-            return Err(Refusal::new(
-                Check::Algorithm,
-                format!(
-                    "provider {} accepts only {}",
-                    quote(&p.name()),
-                    allowed
-                        .iter()
-                        .map(|a| crate::keys::algorithm_name(*a))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        return Err(no_keys_refusal(p, fetch_error.as_deref()));
     }
     match verify::select_keys(&keys, alg, parsed.kid.as_deref()) {
         Ok(c) => Ok(c.into_iter().cloned().collect()),
@@ -444,10 +460,39 @@ pub fn verify_configured(
     let p = parse(token)?;
     let alg = verify::check_algorithm(&p)?;
     let provider = config.provider_for(&p.payload)?;
-    let candidates = select_with_refresh(provider, &p, alg, source)?;
-    let refs: Vec<&Key> = candidates.iter().collect();
-    verify::check_signature(&p, alg, &refs)?;
-    let exp = verify::check_claims(&p.payload, &config.policy(provider), now)?;
+    check_provider_algorithm(provider, alg)?;
+    // The keys are borrowed, not copied: the provider's own, plus the fetched set (kept alive
+    // by its Rc for the duration of the check).
+    let (remote, fetch_error) = match &provider.remote {
+        Some(src) => match source.keys(src) {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    let refs: Vec<&Key> = provider
+        .keys
+        .iter()
+        .chain(remote.iter().flat_map(|r| r.iter()))
+        .collect();
+    if refs.is_empty() {
+        return Err(no_keys_refusal(provider, fetch_error.as_deref()).into());
+    }
+    match verify::select_key_refs(&refs, alg, p.kid.as_deref()) {
+        Ok(candidates) => {
+            verify::check_signature(&p, alg, &candidates)?;
+        }
+        Err(r) if r.check == Check::Key && p.kid.is_some() && provider.remote.is_some() => {
+            // An unknown kid: the issuer may have rotated its keys. Refetch (rate-limited).
+            let src = provider.remote.as_ref().expect("checked");
+            let fresh = source.refresh_for_unknown_kid(src).ok_or(r)?;
+            let refs: Vec<&Key> = provider.keys.iter().chain(fresh.iter()).collect();
+            let candidates = verify::select_key_refs(&refs, alg, p.kid.as_deref())?;
+            verify::check_signature(&p, alg, &candidates)?;
+        }
+        Err(r) => return Err(r.into()),
+    }
+    let exp = verify::check_claims(&p.payload, config.policy(provider), now)?;
     Ok(Verified {
         header: p.header,
         registered: p.payload,
@@ -516,8 +561,8 @@ pub fn explain_configured(
         None => format!("provider {}", quote(&provider.name())),
     };
     let mut rows = match &keys {
-        Ok(k) => verify::explain(token, k, &policy, now),
-        Err(_) => verify::explain(token, &[], &policy, now),
+        Ok(k) => verify::explain(token, k, policy, now),
+        Err(_) => verify::explain(token, &[], policy, now),
     };
     for row in rows.iter_mut() {
         if row.check == Check::Key {

@@ -135,6 +135,16 @@ pub fn select_keys<'k>(
     alg: Algorithm,
     kid: Option<&str>,
 ) -> Result<Vec<&'k Key>, Refusal> {
+    let refs: Vec<&Key> = keys.iter().collect();
+    select_key_refs(&refs, alg, kid)
+}
+
+/// [`select_keys`] over borrowed keys (keys from several places, none copied).
+pub fn select_key_refs<'k>(
+    keys: &[&'k Key],
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<Vec<&'k Key>, Refusal> {
     if keys.is_empty() {
         return Err(Refusal::new(
             Check::Key,
@@ -150,6 +160,7 @@ pub fn select_keys<'k>(
     let fit: Vec<&Key> = if let Some(kid) = kid {
         let matching: Vec<&Key> = keys
             .iter()
+            .copied()
             .filter(|k| k.kid.as_deref() == Some(kid))
             .collect();
         if !matching.is_empty() {
@@ -161,6 +172,7 @@ pub fn select_keys<'k>(
         } else {
             let fit: Vec<&Key> = keys
                 .iter()
+                .copied()
                 .filter(|k| k.kid.is_none())
                 .filter(permitted)
                 .collect();
@@ -187,12 +199,13 @@ pub fn select_keys<'k>(
             fit
         }
     } else {
-        let fit: Vec<&Key> = keys.iter().filter(permitted).collect();
+        let fit: Vec<&Key> = keys.iter().copied().filter(permitted).collect();
         if fit.is_empty() {
             // Prefer the reason of a key of the token's own family (e.g. "HS512 needs a secret
             // of at least 64 bytes") over a generic one.
             let same_family: Vec<&Key> = keys
                 .iter()
+                .copied()
                 .filter(|k| {
                     k.kind
                         .algorithms()
@@ -201,7 +214,7 @@ pub fn select_keys<'k>(
                 })
                 .collect();
             let pool: Vec<&Key> = if same_family.is_empty() {
-                keys.iter().collect()
+                keys.to_vec()
             } else {
                 same_family
             };
