@@ -125,6 +125,13 @@ impl Key {
     }
 
     /// Can this key verify `alg`? `Err` says why not, in words for a refusal.
+    /// [`Key::permits`] without the reason: no allocation, for filtering candidates.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        self.kind.algorithms().contains(&alg)
+            && self.alg.is_none_or(|pinned| pinned == alg)
+            && (self.kind != KeyKind::Hmac || self.bits / 8 >= min_hmac_bytes(alg))
+    }
+
     pub fn permits(&self, alg: Algorithm) -> Result<(), String> {
         if !self.kind.algorithms().contains(&alg) {
             return Err(format!(
@@ -464,6 +471,24 @@ pub fn looks_like_key_material(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_agrees_with_permits() {
+        let keys = vec![
+            Key::hmac(&[7u8; 32]),
+            Key::hmac(&[7u8; 64]),
+            parse_jwks(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"a"}"#, false).unwrap().keys.remove(0),
+            parse_jwks(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"EdDSA"}"#, false).unwrap().keys.remove(0),
+        ];
+        for k in &keys {
+            for a in [
+                "HS256", "HS384", "HS512", "RS256", "PS384", "ES256", "ES384", "EdDSA",
+            ] {
+                let alg = parse_algorithm(a).unwrap();
+                assert_eq!(k.fits(alg), k.permits(alg).is_ok(), "{a}");
+            }
+        }
+    }
 
     #[test]
     fn none_is_refused_in_every_spelling() {

@@ -151,7 +151,7 @@ pub fn select_key_refs<'k>(
             "no verification key is configured",
         ));
     }
-    let permitted = |k: &&Key| k.permits(alg).is_ok();
+    let permitted = |k: &&Key| k.fits(alg);
     let first_reason = |pool: &[&Key]| {
         pool.first()
             .and_then(|k| k.permits(alg).err())
