@@ -419,6 +419,10 @@ def main():
             f.write(f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n")
             f.write("Every ratio compares two things measured in the same run, interleaved (medians).\n\n")
             f.write(table + "\n")
+            # The reading of the figures, kept by hand next to this script.
+            notes = os.path.join(ROOT, "bench", "analysis.md")
+            if os.path.exists(notes):
+                f.write("\n" + open(notes).read())
 
 
 if __name__ == "__main__":
