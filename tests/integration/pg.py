@@ -58,6 +58,26 @@ class Cluster:
                 f.write(f"{k} = {v}\n")
         self.start()
 
+    @classmethod
+    def standby_of(cls, primary: "Cluster", name: str = "standby") -> "Cluster":
+        """A streaming hot standby of `primary` (pg_basebackup -R), on its own socket and port."""
+        c = cls.__new__(cls)
+        c.dir = tempfile.mkdtemp(prefix=f"kinde_rls-{name}-", dir="/tmp")
+        os.chmod(c.dir, 0o755)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(c.dir, pw.pw_uid, pw.pw_gid)
+        c.data = os.path.join(c.dir, "data")
+        c.port = _free_port()
+        c.log = os.path.join(c.dir, "server.log")
+        _as_postgres([f"{BINDIR}/pg_basebackup", "-D", c.data, "-h", primary.dir, "-p", str(primary.port),
+                      "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+                     stdout=subprocess.DEVNULL)
+        with open(os.path.join(c.data, "postgresql.conf"), "a") as f:
+            f.write(f"port = {c.port}\nunix_socket_directories = '{c.dir}'\nhot_standby = on\n")
+        c.start()
+        return c
+
     def start(self):
         _as_postgres([f"{BINDIR}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start"],
                      stdout=subprocess.DEVNULL)
