@@ -28,7 +28,8 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, name: str, preload: bool = True, conf: dict | None = None):
+    def _place(self, name: str):
+        """A directory for the cluster (owned by postgres), its data dir, log and a free port."""
         self.dir = tempfile.mkdtemp(prefix=f"kinde_rls-{name}-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         if os.geteuid() == 0:
@@ -37,6 +38,9 @@ class Cluster:
         self.data = os.path.join(self.dir, "data")
         self.port = _free_port()
         self.log = os.path.join(self.dir, "server.log")
+
+    def __init__(self, name: str, preload: bool = True, conf: dict | None = None):
+        self._place(name)
         _as_postgres(
             [f"{BINDIR}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
              "--locale=C.UTF-8", "-E", "UTF8", "--no-sync"],
@@ -62,14 +66,7 @@ class Cluster:
     def standby_of(cls, primary: "Cluster", name: str = "standby") -> "Cluster":
         """A streaming hot standby of `primary` (pg_basebackup -R), on its own socket and port."""
         c = cls.__new__(cls)
-        c.dir = tempfile.mkdtemp(prefix=f"kinde_rls-{name}-", dir="/tmp")
-        os.chmod(c.dir, 0o755)
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(c.dir, pw.pw_uid, pw.pw_gid)
-        c.data = os.path.join(c.dir, "data")
-        c.port = _free_port()
-        c.log = os.path.join(c.dir, "server.log")
+        c._place(name)
         _as_postgres([f"{BINDIR}/pg_basebackup", "-D", c.data, "-h", primary.dir, "-p", str(primary.port),
                       "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "--no-sync"],
                      stdout=subprocess.DEVNULL)
