@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
 export PG PG_CONFIG KINDE_RLS_VENV=$(VENV)
 
-.PHONY: setup install test lint unit pgtest integration demo bench clean
+.PHONY: setup install test lint unit pgtest integration demo bench fuzz clean
 
 setup:
 	bash scripts/setup.sh
@@ -42,6 +42,12 @@ demo: install
 bench: install
 	cargo build --release --manifest-path bench/core/Cargo.toml
 	$(PY) bench/bench.py --write bench/RESULTS.md $(BENCH_ARGS)
+
+# cargo-fuzz targets on the pure core, FUZZ_SECONDS each (default 300); prints a results table.
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean

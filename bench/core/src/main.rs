@@ -43,7 +43,9 @@ fn aws_alg(alg: &str) -> Option<&'static dyn VerificationAlgorithm> {
 
 fn bare_aws(c: &Case) -> bool {
     match aws_alg(&c.alg) {
-        Some(a) => aws::UnparsedPublicKey::new(a, &c.raw).verify(&c.msg, &c.sig).is_ok(),
+        Some(a) => aws::UnparsedPublicKey::new(a, &c.raw)
+            .verify(&c.msg, &c.sig)
+            .is_ok(),
         None => {
             let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &c.raw);
             aws_lc_rs::hmac::verify(&k, &c.msg, &c.sig).is_ok()
@@ -59,7 +61,10 @@ enum Parsed {
 fn parse_aws(c: &Case) -> Parsed {
     match aws_alg(&c.alg) {
         Some(a) => Parsed::Sig(aws::ParsedPublicKey::new(a, &c.raw).expect("public key")),
-        None => Parsed::Hmac(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &c.raw)),
+        None => Parsed::Hmac(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &c.raw,
+        )),
     }
 }
 
@@ -77,9 +82,11 @@ fn rust_crypto(c: &Case) -> bool {
             let key = rsa::RsaPublicKey::from_pkcs1_der(&c.raw).expect("rsa key");
             let digest = <sha2::Sha256 as sha2::Digest>::digest(&c.msg);
             if c.alg == "RS256" {
-                key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, &c.sig).is_ok()
+                key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, &c.sig)
+                    .is_ok()
             } else {
-                key.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, &c.sig).is_ok()
+                key.verify(rsa::Pss::new::<sha2::Sha256>(), &digest, &c.sig)
+                    .is_ok()
             }
         }
         "ES256" => {
@@ -104,7 +111,8 @@ fn rust_crypto(c: &Case) -> bool {
 }
 
 fn load(path: &str) -> Vec<Case> {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
     let now = doc["now"].as_i64().expect("now");
     doc["cases"]
         .as_array()
@@ -115,7 +123,9 @@ fn load(path: &str) -> Vec<Case> {
             let token = c["token"].as_str().unwrap().to_string();
             let raw = B64.decode(c["raw"].as_str().unwrap()).unwrap();
             let keys = if alg == "HS256" {
-                kinde_rls_core::explicit_keys(std::str::from_utf8(&raw).unwrap(), "HS256").unwrap().0
+                kinde_rls_core::explicit_keys(std::str::from_utf8(&raw).unwrap(), "HS256")
+                    .unwrap()
+                    .0
             } else {
                 parse_jwks(&c["jwk"].to_string(), false).unwrap().keys
             };
@@ -154,22 +164,46 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: kinde_rls_bench <fixture.json>");
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: kinde_rls_bench <fixture.json>");
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
     for c in load(&path) {
-        let iters = if c.alg == "HS256" { 20_000 } else if c.alg.starts_with("RS") || c.alg.starts_with("PS") { 500 } else { 1_000 };
+        let iters = if c.alg == "HS256" {
+            20_000
+        } else if c.alg.starts_with("RS") || c.alg.starts_with("PS") {
+            500
+        } else {
+            1_000
+        };
         let parsed = parse_aws(&c);
         let (mut core, mut aws_s, mut aws_p, mut rc) = (vec![], vec![], vec![], vec![]);
         let mut parse = vec![];
         for _ in 0..rounds {
-            time(&mut core, iters, || kinde_rls_core::verify(black_box(&c.token), &c.keys, &c.policy, c.now).is_ok());
+            time(&mut core, iters, || {
+                kinde_rls_core::verify(black_box(&c.token), &c.keys, &c.policy, c.now).is_ok()
+            });
             time(&mut aws_s, iters, || bare_aws(black_box(&c)));
             time(&mut aws_p, iters, || parsed_aws(&parsed, black_box(&c)));
             time(&mut rc, iters, || rust_crypto(black_box(&c)));
-            time(&mut parse, iters, || kinde_rls_core::token::parse(black_box(&c.token)).is_ok());
+            time(&mut parse, iters, || {
+                kinde_rls_core::token::parse(black_box(&c.token)).is_ok()
+            });
         }
-        for (what, v) in [("core", &mut core), ("aws_lc", &mut aws_s), ("aws_lc_parsed", &mut aws_p), ("rust_crypto", &mut rc), ("parse", &mut parse)] {
-            println!("{}", serde_json::json!({"alg": c.alg, "what": what, "ns": median(v)}));
+        for (what, v) in [
+            ("core", &mut core),
+            ("aws_lc", &mut aws_s),
+            ("aws_lc_parsed", &mut aws_p),
+            ("rust_crypto", &mut rc),
+            ("parse", &mut parse),
+        ] {
+            println!(
+                "{}",
+                serde_json::json!({"alg": c.alg, "what": what, "ns": median(v)})
+            );
         }
     }
 }
