@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
 export PG PG_CONFIG KINDE_RLS_VENV=$(VENV)
 
-.PHONY: setup install test lint unit pgtest integration demo bench fuzz clean
+.PHONY: setup install test lint unit pgtest integration demo bench fuzz soak clean
 
 setup:
 	bash scripts/setup.sh
@@ -48,6 +48,12 @@ FUZZ_SECONDS ?= 300
 fuzz: setup
 	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# A bounded concurrency soak: SOAK_CLIENTS sessions for SOAK_SECONDS, valid and bad tokens mixed.
+SOAK_CLIENTS ?= 16
+SOAK_SECONDS ?= 60
+soak: install
+	$(PY) scripts/soak.py --clients $(SOAK_CLIENTS) --seconds $(SOAK_SECONDS)
 
 clean:
 	cargo clean

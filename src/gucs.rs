@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub static CONFIG_GEN: AtomicU64 = AtomicU64::new(1);
 /// Bumped whenever `kinde_rls.token` changes.
 pub static TOKEN_GEN: AtomicU64 = AtomicU64::new(1);
+/// Transactions this backend has ended (commit, abort, prepare), counted by an xact callback.
+pub static XACT_COUNT: AtomicU64 = AtomicU64::new(0);
+/// [`XACT_COUNT`] when `kinde_rls.token` was last assigned. A token still in use after a later
+/// transaction ended was set for the whole session, not with `SET LOCAL`.
+pub static TOKEN_SET_AT: AtomicU64 = AtomicU64::new(0);
 
 pub static ISSUER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -45,6 +50,21 @@ unsafe extern "C-unwind" fn config_changed_bool(_: bool, _: *mut c_void) {
 }
 unsafe extern "C-unwind" fn token_changed(_: *const c_char, _: *mut c_void) {
     TOKEN_GEN.fetch_add(1, Ordering::Relaxed);
+    TOKEN_SET_AT.store(XACT_COUNT.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+unsafe extern "C-unwind" fn xact_ended(event: pg_sys::XactEvent::Type, _: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        XACT_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `pg_db_role_setting` and `pg_proc.proconfig` are readable by every role, so a secret stored
@@ -290,6 +310,7 @@ pub fn init() {
             Some(config_changed_bool),
             None,
         );
+        pg_sys::RegisterXactCallback(Some(xact_ended), std::ptr::null_mut());
         #[cfg(not(any(feature = "pg13", feature = "pg14")))]
         pg_sys::MarkGUCPrefixReserved(c"kinde_rls".as_ptr());
         #[cfg(any(feature = "pg13", feature = "pg14"))]

@@ -95,6 +95,8 @@ struct State {
     secret_file_stamp: FileStamp,
     /// Statement start (µs) at which the secret file was last looked at: once per statement.
     stamp_checked_at: i64,
+    /// The token generation last warned about as session-level.
+    warned_token_gen: u64,
 }
 
 /// Verified tokens, compared on the whole token but hashed on its length and last 32 bytes
@@ -357,16 +359,42 @@ fn still_valid(id: &Option<Rc<Identity>>, now: i64) -> bool {
     id.as_ref().is_none_or(|i| now < i.valid_until)
 }
 
+/// A token used in a later transaction than the one that set it was set for the whole session
+/// (`SET`, `set_config(…, false)`): behind a transaction-mode pooler the next client on this
+/// server connection would inherit it. Say so, once per value.
+fn warn_if_session_token(s: &mut State, gen: u64) {
+    if s.warned_token_gen == gen
+        || gucs::TOKEN_SET_AT.load(Ordering::Relaxed) == gucs::XACT_COUNT.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    s.warned_token_gen = gen;
+    pgrx::pg_sys::panic::ErrorReport::new(
+        pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+        "kinde_rls.token outlived the transaction that set it",
+        "kinde_rls",
+    )
+    .set_detail(
+        "It was set for the whole session (SET, or set_config with is_local false); behind a transaction-mode connection pooler the next client on this server connection would run as this user.",
+    )
+    .set_hint("Set the token per transaction: SET LOCAL kinde_rls.token = ..., or set_config('kinde_rls.token', $1, true).")
+    .report(pgrx::PgLogLevel::WARNING);
+}
+
 fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     // The per-row fast path: the token has not changed since the last lookup (every change,
     // including the end of a SET LOCAL, bumps TOKEN_GEN), so neither read nor hash it.
-    let key = Key::Token(TOKEN_GEN.load(Ordering::Relaxed));
+    let gen = TOKEN_GEN.load(Ordering::Relaxed);
+    let key = Key::Token(gen);
     if let Some(last) = &s.last {
         if last.key == key && still_valid(&last.identity, now) {
-            return Ok(last.identity.clone());
+            let id = last.identity.clone();
+            warn_if_session_token(s, gen);
+            return Ok(id);
         }
     }
     if let Some(token) = gucs::str_value(&gucs::TOKEN) {
+        warn_if_session_token(s, gen);
         s.last = None;
         let id = s.verify(token.trim(), now)?;
         s.last = Some(Last {

@@ -146,8 +146,13 @@ def test_session_level_set_leaks_through_a_transaction_pooler(cluster, users):
     sub, tok = next(iter(users.items()))
     try:
         with bouncer.connect() as a, bouncer.connect() as b:
+            warnings = []
+            b.add_notice_handler(lambda d: warnings.append((d.severity_nonlocalized, d.message_primary, d.message_hint)))
             a.execute("SELECT set_config('kinde_rls.token', %s, false)", (tok,))  # = SET, wrong
             assert one(b, "SELECT get_user_id()") == sub  # b was never given a token
+            # kinde_rls notices the token outlived its transaction and says so.
+            assert [w[:2] for w in warnings] == [("WARNING", "kinde_rls.token outlived the transaction that set it")]
+            assert "SET LOCAL" in warnings[0][2]
             a.execute("RESET kinde_rls.token")
             assert one(b, "SELECT get_user_id()") is None
             with a.transaction():
@@ -156,3 +161,26 @@ def test_session_level_set_leaks_through_a_transaction_pooler(cluster, users):
             assert one(b, "SELECT get_user_id()") is None
     finally:
         bouncer.stop()
+
+
+def test_session_level_token_warns_once_and_set_local_never(cluster, users):
+    sub, tok = next(iter(users.items()))
+    with cluster.connect(user="app_user", dbname="app") as c:
+        got = []
+        c.add_notice_handler(lambda d: got.append((d.severity_nonlocalized, d.message_primary)))
+        # SET LOCAL / set_config(..., true), many transactions: never a warning.
+        for _ in range(3):
+            with c.transaction():
+                c.execute("SELECT set_config('kinde_rls.token', %s, true)", (tok,))
+                assert one(c, "SELECT get_user_id()") == sub
+                assert one(c, "SELECT count(*) FROM todos") == 1
+        # Set and used in the same statement: not (yet) a misuse.
+        assert one(c, "SELECT get_user_id() FROM (SELECT set_config('kinde_rls.token', %s, false)) s", (tok,)) == sub
+        assert got == []
+        # Used again in a later transaction: a session-level token. One warning, not one per row.
+        assert one(c, "SELECT count(*) FROM todos WHERE user_id = get_user_id()") == 1
+        assert one(c, "SELECT get_user_id()") == sub
+        assert got == [("WARNING", "kinde_rls.token outlived the transaction that set it")]
+        c.execute("RESET kinde_rls.token")
+        assert one(c, "SELECT get_user_id()") is None
+        assert len(got) == 1
