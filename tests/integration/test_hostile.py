@@ -182,3 +182,35 @@ def test_hostile_token_is_refused_by_verify_jwt_and_get_user_id(cluster, hostile
                 c.execute("SELECT count(*) FROM todos")
             assert ei.value.sqlstate == "28000"
         assert one(c, "SELECT 1") == 1
+
+
+def test_hostile_search_path_changes_nothing(cluster, signers):
+    """A role with its own schema shadows get_user_id() and friends and puts its schema first:
+    policies still call the extension's functions (bound by OID when the policy was created),
+    and the extension's functions themselves run no SQL that a search_path could redirect."""
+    with cluster.connect(dbname="app") as su:
+        su.execute("CREATE SCHEMA evil AUTHORIZATION app_user")
+    try:
+        with cluster.connect(user="app_user", dbname="app") as c:
+            for fn in ["get_user_id", "current_setting_evil"]:
+                c.execute(f"CREATE FUNCTION evil.{fn}() RETURNS text LANGUAGE sql AS $$ SELECT 'kp_admin' $$")
+            c.execute("CREATE FUNCTION evil.nullif(text, text) RETURNS text LANGUAGE sql AS $$ SELECT 'kp_admin' $$")
+            c.execute("SET search_path = evil, pg_catalog, public")
+            t = signers["rsa"].sign(kinde_access_claims("kp_victim"), "RS256")
+            with c.transaction():
+                c.execute("SELECT set_config('kinde_rls.token', %s, true)", (t,))
+                # The unqualified call is the attacker's own function: harmless, it grants nothing.
+                assert one(c, "SELECT get_user_id()") == "kp_admin"
+                assert one(c, "SELECT public.get_user_id()") == "kp_victim"
+                # RLS is unaffected: only kp_victim's rows (none) are visible, never kp_admin's.
+                assert one(c, "SELECT count(*) FROM public.todos WHERE user_id <> 'kp_victim'") == 0
+                assert one(c, "SELECT public.verify_jwt(%s)->>'sub'", (t,)) == "kp_victim"
+            with c.transaction():
+                c.execute("SELECT set_config('kinde_rls.token', %s, true)",
+                          (signers["stranger"].sign(kinde_access_claims("kp_victim"), "RS256"),))
+                with pytest.raises(psycopg.Error) as ei:
+                    c.execute("SELECT count(*) FROM public.todos")
+                assert ei.value.sqlstate == "28000"
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("DROP SCHEMA evil CASCADE")
