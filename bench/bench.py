@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from kinde import CLIENT_SECRET, KINDE_ISS, Signer, jwks, kinde_access_claims  # noqa: E402
-from pg import BINDIR, Cluster  # noqa: E402
+from pg import BINDIR, Cluster, write_server_file  # noqa: E402
 
 CORE_BIN = os.path.join(ROOT, "bench", "core", "target", "release", "kinde_rls_bench")
 ALGS = ["RS256", "PS256", "ES256", "EdDSA", "HS256"]
@@ -150,14 +150,7 @@ def setup_db(c, keys, n_tokens, quick):
     with c.connect() as su:
         su.execute("CREATE DATABASE bench")
     secret_path = os.path.join(c.dir, "secret")
-    with open(secret_path, "w") as f:
-        f.write(CLIENT_SECRET)
-    os.chmod(secret_path, 0o600)
-    if os.geteuid() == 0:
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(secret_path, pw.pw_uid, pw.pw_gid)
+    write_server_file(secret_path, CLIENT_SECRET, 0o600)
     with c.connect(dbname="bench") as db:
         db.execute("CREATE EXTENSION kinde_rls")
         db.execute("CREATE EXTENSION pgcrypto")

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import psycopg  # noqa: E402
 from kinde import CLIENT_SECRET, KINDE_ISS, Signer, hs256_resign, jwks, kinde_access_claims, kinde_id_claims  # noqa: E402
-from pg import Cluster  # noqa: E402
+from pg import Cluster, write_server_file  # noqa: E402
 
 USERS = 200
 
@@ -54,14 +54,7 @@ def main():
         with c.connect() as su:
             su.execute("CREATE DATABASE app")
         secret_path = os.path.join(c.dir, "secret")
-        with open(secret_path, "w") as f:
-            f.write(CLIENT_SECRET)
-        os.chmod(secret_path, 0o600)
-        if os.geteuid() == 0:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-            os.chown(secret_path, pw.pw_uid, pw.pw_gid)
+        write_server_file(secret_path, CLIENT_SECRET, 0o600)
         with c.connect(dbname="app") as db:
             db.execute("CREATE EXTENSION kinde_rls")
             db.execute(open(os.path.join(ROOT, "sql", "examples", "todos.sql")).read())

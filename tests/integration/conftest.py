@@ -6,21 +6,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from kinde import CLIENT_SECRET, KINDE_ISS, Signer, jwks  # noqa: E402
-from pg import Cluster  # noqa: E402
+from pg import Cluster, write_server_file  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TODOS_SQL = os.path.join(ROOT, "sql", "examples", "todos.sql")
-
-
-def write_server_file(path, text, mode):
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)
-    if os.geteuid() == 0:
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_server_file(path: str, text: str, mode: int):
+    """A file the server (the postgres OS user) owns, with `mode`: e.g. a secret only it reads."""
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 class Cluster:
     def _place(self, name: str):
         """A directory for the cluster (owned by postgres), its data dir, log and a free port."""

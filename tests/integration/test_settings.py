@@ -40,7 +40,7 @@ def test_secret_is_not_readable_by_non_superusers(cluster):
 
 
 def test_secret_file_must_be_private_and_exclusive(cluster, signers, tmp_path):
-    from conftest import write_server_file
+    from pg import write_server_file
 
     t = signers["rsa"].sign({"sub": "a", "exp": 9999999999}, "RS256")
     public = os.path.join(cluster.dir, "public_secret")
