@@ -120,6 +120,32 @@ unsafe fn define_string(
     );
 }
 
+#[allow(clippy::too_many_arguments)]
+unsafe fn define_int(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    (default, min, max): (i32, i32, i32),
+    flags: GucFlags,
+    assign: pg_sys::GucIntAssignHook,
+) {
+    pg_sys::DefineCustomIntVariable(
+        name.as_ptr(),
+        short.as_ptr(),
+        long.as_ptr(),
+        setting.as_ptr(),
+        default,
+        min,
+        max,
+        pg_sys::GucContext::PGC_SUSET,
+        flags.bits(),
+        None,
+        assign,
+        None,
+    );
+}
+
 pub fn init() {
     use pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
     let none = GucFlags::empty();
@@ -214,77 +240,50 @@ pub fn init() {
             None,
             Some(token_changed),
         );
-        pg_sys::DefineCustomIntVariable(
-            c"kinde_rls.leeway".as_ptr(),
-            c"Seconds of clock skew allowed on exp and nbf.".as_ptr(),
-            c"".as_ptr(),
-            LEEWAY.as_ptr(),
-            30,
-            0,
-            3600,
-            PGC_SUSET,
-            GucFlags::UNIT_S.bits(),
-            None,
+        define_int(
+            c"kinde_rls.leeway",
+            c"Seconds of clock skew allowed on exp and nbf.",
+            c"",
+            &LEEWAY,
+            (30, 0, 3600),
+            GucFlags::UNIT_S,
             Some(config_changed_int),
+        );
+        define_int(
+            c"kinde_rls.jwks_timeout_ms",
+            c"Time allowed for fetching an issuer's keys (discovery, redirects and JWKS together).",
+            c"",
+            &JWKS_TIMEOUT_MS,
+            (2000, 100, 60_000),
+            GucFlags::UNIT_MS,
             None,
         );
-        pg_sys::DefineCustomIntVariable(
-            c"kinde_rls.jwks_timeout_ms".as_ptr(),
-            c"Time allowed for fetching an issuer's keys (discovery, redirects and JWKS together)."
-                .as_ptr(),
-            c"".as_ptr(),
-            JWKS_TIMEOUT_MS.as_ptr(),
-            2000,
-            100,
-            60_000,
-            PGC_SUSET,
-            GucFlags::UNIT_MS.bits(),
-            None,
-            None,
+        define_int(
+            c"kinde_rls.jwks_cache_ttl",
+            c"How long fetched keys are used before they are fetched again.",
+            c"",
+            &JWKS_CACHE_TTL,
+            (600, 1, 7 * 86_400),
+            GucFlags::UNIT_S,
             None,
         );
-        pg_sys::DefineCustomIntVariable(
-            c"kinde_rls.jwks_cache_ttl".as_ptr(),
-            c"How long fetched keys are used before they are fetched again.".as_ptr(),
-            c"".as_ptr(),
-            JWKS_CACHE_TTL.as_ptr(),
-            600,
-            1,
-            7 * 86_400,
-            PGC_SUSET,
-            GucFlags::UNIT_S.bits(),
-            None,
-            None,
+        define_int(
+            c"kinde_rls.jwks_min_refresh",
+            c"Least time between two fetches of one issuer's keys (unknown kid, failed fetch).",
+            c"Bounds the requests a flood of tokens with made-up kids can cause.",
+            &JWKS_MIN_REFRESH,
+            (30, 0, 3600),
+            GucFlags::UNIT_S,
             None,
         );
-        pg_sys::DefineCustomIntVariable(
-            c"kinde_rls.jwks_min_refresh".as_ptr(),
-            c"Least time between two fetches of one issuer's keys (unknown kid, failed fetch)."
-                .as_ptr(),
-            c"Bounds the requests a flood of tokens with made-up kids can cause.".as_ptr(),
-            JWKS_MIN_REFRESH.as_ptr(),
-            30,
-            0,
-            3600,
-            PGC_SUSET,
-            GucFlags::UNIT_S.bits(),
-            None,
-            None,
-            None,
-        );
-        pg_sys::DefineCustomIntVariable(
-            c"kinde_rls.cache_size".as_ptr(),
-            c"Verified tokens cached per backend (0 disables the cache).".as_ptr(),
-            c"".as_ptr(),
-            CACHE_SIZE.as_ptr(),
-            10_000,
-            0,
-            1_000_000,
-            PGC_SUSET,
-            0,
-            None,
+        define_int(
+            c"kinde_rls.cache_size",
+            c"Verified tokens cached per backend (0 disables the cache).",
+            c"",
+            &CACHE_SIZE,
+            (10_000, 0, 1_000_000),
+            GucFlags::empty(),
             Some(config_changed_int),
-            None,
         );
         pg_sys::DefineCustomBoolVariable(
             c"kinde_rls.trust_request_claims".as_ptr(),

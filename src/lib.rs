@@ -26,17 +26,22 @@ pub extern "C-unwind" fn _PG_init() {
 
 /// A `jsonb` result made straight from JSON text that was already validated (a token's payload),
 /// skipping the round trip through a `serde_json` map that `JsonB` would make.
-pub struct RawJsonB(String);
+pub struct RawJsonB(std::ffi::CString);
+
+impl RawJsonB {
+    /// One copy of the text, NUL-terminated for `jsonb_in`. The text is JSON that was parsed
+    /// already, so it holds no raw NUL; should one appear, fail closed to JSON null.
+    fn new(json: &str) -> Self {
+        RawJsonB(std::ffi::CString::new(json).unwrap_or_else(|_| c"null".to_owned()))
+    }
+}
 
 impl pgrx::IntoDatum for RawJsonB {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        // The payload is UTF-8 JSON from a token; an interior NUL cannot survive JSON parsing
-        // unescaped, but fail closed rather than truncate.
-        let c = std::ffi::CString::new(self.0).unwrap_or_else(|_| c"null".to_owned());
         unsafe {
             pgrx::direct_function_call_as_datum(
                 pg_sys::jsonb_in,
-                &[Some(pg_sys::Datum::from(c.as_ptr()))],
+                &[Some(pg_sys::Datum::from(self.0.as_ptr()))],
             )
         }
     }
@@ -96,7 +101,7 @@ fn obj_or_raise(claims_json: Value, arg: &str) -> Map<String, Value> {
 #[pg_extern(stable, strict, parallel_safe)]
 fn verify_jwt(token: &str) -> RawJsonB {
     let id = identity::verify_configured(token.trim()).unwrap_or_else(|e| errors::raise(&e));
-    RawJsonB(id.payload_json().to_owned())
+    RawJsonB::new(id.payload_json())
 }
 
 /// Verify a token with an explicit key (HMAC secret, PEM public key, or JWK/JWKS JSON text).
@@ -117,7 +122,7 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
             .map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
-    RawJsonB(verified.payload)
+    RawJsonB::new(&verified.payload)
 }
 
 /// Sign claims into a compact JWS. For tests, demos and the HS256 re-signing flow.
@@ -288,7 +293,7 @@ fn get_user_id() -> Option<String> {
 /// All verified claims of the current request, or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn get_claims() -> Option<RawJsonB> {
-    current().map(|i| RawJsonB(i.payload_json().to_owned()))
+    current().map(|i| RawJsonB::new(i.payload_json()))
 }
 
 /// One verified claim, or NULL.

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use crate::error::{quote, Check, ConfigError, Error, Refusal};
 use crate::keys::{parse_algorithm, parse_jwks, Key};
-use crate::token::{parse, Parsed};
+use crate::token::parse;
 use crate::verify::{self, split_list, ExplainRow, Policy, Verified};
 
 /// Where a provider's keys are fetched from.
@@ -374,19 +374,6 @@ impl KeySource for NoRemote {
     }
 }
 
-fn provider_keys(p: &Provider, source: &mut dyn KeySource) -> (Vec<Key>, Option<String>) {
-    let mut keys = p.keys.clone();
-    let mut fetch_error = None;
-    if let Some(src) = &p.remote {
-        match source.keys(src) {
-            Ok(remote) => keys.extend(remote.iter().cloned()),
-            Err(e) => fetch_error = Some(e),
-        }
-    }
-    (keys, fetch_error)
-}
-
-/// Select keys, refetching once (rate-limited by the source) when the token names an unknown kid.
 fn no_keys_refusal(p: &Provider, fetch_error: Option<&str>) -> Refusal {
     Refusal::new(
         Check::Key,
@@ -419,29 +406,39 @@ fn check_provider_algorithm(p: &Provider, alg: Algorithm) -> Result<(), Refusal>
     }
 }
 
-fn select_with_refresh(
+/// Run `f` on the provider's candidate keys for this token: its own keys plus the fetched set,
+/// borrowed, not copied. When the token names a `kid` nobody has, the issuer may have rotated
+/// its keys: refetch once (rate-limited by the source) and select again.
+fn with_candidates<T>(
     p: &Provider,
-    parsed: &Parsed,
+    kid: Option<&str>,
     alg: Algorithm,
     source: &mut dyn KeySource,
-) -> Result<Vec<Key>, Refusal> {
+    f: impl FnOnce(&[&Key]) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
     check_provider_algorithm(p, alg)?;
-    let (mut keys, fetch_error) = provider_keys(p, source);
-    if keys.is_empty() {
+    let (remote, fetch_error) = match &p.remote {
+        Some(src) => match source.keys(src) {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
+    let refs: Vec<&Key> = p
+        .keys
+        .iter()
+        .chain(remote.iter().flat_map(|r| r.iter()))
+        .collect();
+    if refs.is_empty() {
         return Err(no_keys_refusal(p, fetch_error.as_deref()));
     }
-    match verify::select_keys(&keys, alg, parsed.kid.as_deref()) {
-        Ok(c) => Ok(c.into_iter().cloned().collect()),
-        Err(r) if r.check == Check::Key && parsed.kid.is_some() => {
-            if let Some(src) = &p.remote {
-                if let Some(fresh) = source.refresh_for_unknown_kid(src) {
-                    keys = p.keys.clone();
-                    keys.extend(fresh.iter().cloned());
-                    return verify::select_keys(&keys, alg, parsed.kid.as_deref())
-                        .map(|c| c.into_iter().cloned().collect());
-                }
-            }
-            Err(r)
+    match verify::select_key_refs(&refs, alg, kid) {
+        Ok(candidates) => f(&candidates),
+        Err(r) if r.check == Check::Key && kid.is_some() => {
+            let Some(src) = &p.remote else { return Err(r) };
+            let fresh = source.refresh_for_unknown_kid(src).ok_or(r)?;
+            let refs: Vec<&Key> = p.keys.iter().chain(fresh.iter()).collect();
+            f(&verify::select_key_refs(&refs, alg, kid)?)
         }
         Err(r) => Err(r),
     }
@@ -460,38 +457,9 @@ pub fn verify_configured(
     let p = parse(token)?;
     let alg = verify::check_algorithm(&p)?;
     let provider = config.provider_for(&p.payload)?;
-    check_provider_algorithm(provider, alg)?;
-    // The keys are borrowed, not copied: the provider's own, plus the fetched set (kept alive
-    // by its Rc for the duration of the check).
-    let (remote, fetch_error) = match &provider.remote {
-        Some(src) => match source.keys(src) {
-            Ok(k) => (Some(k), None),
-            Err(e) => (None, Some(e)),
-        },
-        None => (None, None),
-    };
-    let refs: Vec<&Key> = provider
-        .keys
-        .iter()
-        .chain(remote.iter().flat_map(|r| r.iter()))
-        .collect();
-    if refs.is_empty() {
-        return Err(no_keys_refusal(provider, fetch_error.as_deref()).into());
-    }
-    match verify::select_key_refs(&refs, alg, p.kid.as_deref()) {
-        Ok(candidates) => {
-            verify::check_signature(&p, alg, &candidates)?;
-        }
-        Err(r) if r.check == Check::Key && p.kid.is_some() && provider.remote.is_some() => {
-            // An unknown kid: the issuer may have rotated its keys. Refetch (rate-limited).
-            let src = provider.remote.as_ref().expect("checked");
-            let fresh = source.refresh_for_unknown_kid(src).ok_or(r)?;
-            let refs: Vec<&Key> = provider.keys.iter().chain(fresh.iter()).collect();
-            let candidates = verify::select_key_refs(&refs, alg, p.kid.as_deref())?;
-            verify::check_signature(&p, alg, &candidates)?;
-        }
-        Err(r) => return Err(r.into()),
-    }
+    with_candidates(provider, p.kid.as_deref(), alg, source, |candidates| {
+        verify::check_signature(&p, alg, candidates).map(|_| ())
+    })?;
     let exp = verify::check_claims(&p.payload, config.policy(provider), now)?;
     Ok(Verified {
         header: p.header,
@@ -544,13 +512,11 @@ pub fn explain_configured(
             return rows;
         }
     };
-    let keys = match verify::check_algorithm(&parsed) {
-        Ok(alg) => match select_with_refresh(provider, &parsed, alg, source) {
-            Ok(k) => Ok(k),
-            Err(r) => Err(r),
-        },
-        Err(r) => Err(r),
-    };
+    let keys = verify::check_algorithm(&parsed).and_then(|alg| {
+        with_candidates(provider, parsed.kid.as_deref(), alg, source, |c| {
+            Ok(c.iter().map(|k| (*k).clone()).collect::<Vec<Key>>())
+        })
+    });
     let policy = config.policy(provider);
     let label = match &provider.remote {
         Some(src) => format!(

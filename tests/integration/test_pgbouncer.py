@@ -106,8 +106,10 @@ def test_transaction_pooling_never_mixes_users(cluster, users):
         rnd = random.Random(n)
         try:
             with bouncer.connect() as c:
+                sub = None
                 for _ in range(TRANSACTIONS // CLIENTS):
-                    sub = rnd.choice(subs)
+                    # Each transaction a different user from the client's previous one.
+                    sub = rnd.choice([s for s in subs if s != sub])
                     with c.transaction():
                         c.execute("SELECT set_config('kinde_rls.token', %s, true)", (users[sub],))
                         rows = c.execute("SELECT get_user_id(), user_id, task FROM todos").fetchall()
