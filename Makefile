@@ -3,15 +3,23 @@
 #   make test   all setup, then every test
 # Everything else here is a step of those two.
 
+# PG picks the PostgreSQL major version (15, 17 or 18); PG_CONFIG overrides where it lives.
 PG          ?= 15
-PG_CONFIG   ?= /usr/lib/postgresql/$(PG)/bin/pg_config
+ifeq ($(origin PG_CONFIG),undefined)
+PG_CONFIG   := $(shell bash scripts/pg-config-path $(PG))
+endif
 FEATURES    := --no-default-features --features pg$(PG)
 VENV        ?= $(HOME)/.cache/kinde_rls/venv
 PY          := $(VENV)/bin/python
 PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
-export PG PG_CONFIG KINDE_RLS_VENV=$(VENV)
+export PG PG_CONFIG
+export KINDE_RLS_VENV := $(VENV)
 
-.PHONY: setup install test lint unit pgtest integration demo bench fuzz soak clean
+.PHONY: setup install test test-all lint unit pgtest integration demo bench fuzz soak \
+	package package-one install-package clean
+
+# Versions `make test-all` and `make package` cover; .ci/run tests 15 and 17.
+VERSIONS    ?= 15 17 18
 
 setup:
 	bash scripts/setup.sh
@@ -30,10 +38,24 @@ pgtest: setup
 	mkdir -p $(PGRX_DATA) && chown postgres $(PGRX_DATA) 2>/dev/null || true
 	cargo pgrx test pg$(PG) --runas postgres --pgdata $(PGRX_DATA)/data
 
-integration: install
+# The integration suite runs against the extension as a user installs it: from this version's
+# package tarball, through its install.sh (test_package.py checks the files are the package's).
+integration: install-package
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+package-one: setup
+	bash scripts/package.sh $(PG) $(PG_CONFIG)
+
+install-package: package-one
+	rm -rf dist/.install-check && mkdir -p dist/.install-check
+	tar -C dist/.install-check -xzf "$$(cat dist/pg$(PG)/tarball)"
+	dist/.install-check/kinde_rls-*/install.sh --pg-config $(PG_CONFIG)
+
 test: lint unit pgtest integration
+
+# The whole suite once per version, each with its own build and clusters.
+test-all:
+	set -e; for v in $(VERSIONS); do env -u PG_CONFIG $(MAKE) test PG=$$v; done
 
 demo: install
 	$(PY) scripts/demo.py
@@ -54,6 +76,10 @@ SOAK_CLIENTS ?= 16
 SOAK_SECONDS ?= 60
 soak: install
 	$(PY) scripts/soak.py --clients $(SOAK_CLIENTS) --seconds $(SOAK_SECONDS)
+
+# Per version: the `cargo pgrx package` tree and a tarball with an install script, in dist/.
+package:
+	set -e; for v in $(VERSIONS); do env -u PG_CONFIG $(MAKE) package-one PG=$$v; done
 
 clean:
 	cargo clean

@@ -2,8 +2,13 @@
 # Installs everything kinde_rls needs on a bare Debian 12 machine; safe to run again.
 set -euo pipefail
 PG="${PG:-15}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PGCONFIG="${PG_CONFIG:-$(bash "$HERE/pg-config-path" "$PG")}"
+# PostgreSQL 15 comes from Debian 12's packages; 17 and 18 are built from source (pg-from-source).
+pkgs=(libclang-dev clang sudo python3-venv pgbouncer)
+if [ "$PG" = 15 ] && [ ! -x "$PGCONFIG" ]; then pkgs+=(postgresql-15 postgresql-server-dev-15); fi
 need_apt=()
-for p in postgresql-$PG postgresql-server-dev-$PG libclang-dev clang sudo python3-venv pgbouncer; do
+for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -13,17 +18,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 # Debian's package starts a cluster of its own; we use throwaway clusters only.
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
-  pg_ctlcluster "$PG" main stop 2>/dev/null || true
+if command -v pg_lsclusters >/dev/null; then
+  pg_lsclusters -h 2>/dev/null | awk '$4 == "online" {print $1, $2}' | while read -r v c; do
+    pg_ctlcluster "$v" "$c" stop 2>/dev/null || true
+  done
 fi
 if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.0'; then
   echo "setup: installing cargo-pgrx 0.18.0 (several minutes)"
   cargo install cargo-pgrx --version 0.18.0 --locked
 fi
-PGCONFIG=/usr/lib/postgresql/$PG/bin/pg_config
-if ! grep -q "pg$PG" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-  cargo pgrx init --pg$PG="$PGCONFIG"
+if [ ! -x "$PGCONFIG" ]; then
+  bash "$HERE/pg-from-source" "$PG"
 fi
+"$PGCONFIG" --version | grep -q "^PostgreSQL $PG\." ||
+  { echo "setup: $PGCONFIG is not PostgreSQL $PG" >&2; exit 1; }
+bash "$HERE/pgrx-init.sh"
 # Independent JOSE implementation for minting test tokens.
 VENV="${KINDE_RLS_VENV:-$HOME/.cache/kinde_rls/venv}"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import jwt, cryptography, psycopg, pytest' 2>/dev/null; then
@@ -31,4 +40,4 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import jwt, cryptogra
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q 'PyJWT[crypto]==2.10.1' 'cryptography>=42' 'psycopg[binary]>=3.1' 'pytest>=8'
 fi
-echo "setup: ready (PostgreSQL $PG, cargo-pgrx $(cargo pgrx --version | awk '{print $2}'))"
+echo "setup: ready ($("$PGCONFIG" --version) at $PGCONFIG, cargo-pgrx $(cargo pgrx --version | awk '{print $2}'))"
