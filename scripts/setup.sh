@@ -6,7 +6,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 PGCONFIG="${PG_CONFIG:-$(bash "$HERE/pg-config-path" "$PG")}"
 # PostgreSQL 15 comes from Debian 12's packages; 17 and 18 are built from source (pg-from-source).
 pkgs=(libclang-dev clang sudo python3-venv pgbouncer)
-if [ "$PG" = 15 ] && [ ! -x "$PGCONFIG" ]; then pkgs+=(postgresql-15 postgresql-server-dev-15); fi
+# (Debian's client package alone also puts tools under /usr/lib/postgresql/15/bin.)
+if [ "$PGCONFIG" = /usr/lib/postgresql/15/bin/pg_config ]; then
+  pkgs+=(postgresql-15 postgresql-server-dev-15)
+fi
 need_apt=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
@@ -32,6 +35,9 @@ if [ ! -x "$PGCONFIG" ]; then
 fi
 "$PGCONFIG" --version | grep -q "^PostgreSQL $PG\." ||
   { echo "setup: $PGCONFIG is not PostgreSQL $PG" >&2; exit 1; }
+for f in "$("$PGCONFIG" --bindir)/postgres" "$("$PGCONFIG" --includedir-server)/postgres.h"; do
+  [ -e "$f" ] || { echo "setup: $f is missing: $PGCONFIG needs the server and its headers" >&2; exit 1; }
+done
 bash "$HERE/pgrx-init.sh"
 # Independent JOSE implementation for minting test tokens.
 VENV="${KINDE_RLS_VENV:-$HOME/.cache/kinde_rls/venv}"
