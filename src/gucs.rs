@@ -7,10 +7,16 @@
 //! `SET LOCAL` at transaction end), which is how caches know they are stale without comparing
 //! strings on every row.
 
+use kinde_rls_core::{Check, ConfigError, Refusal};
 use pgrx::guc::{GucFlags, GucSetting};
+use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Set when the library was loaded from `shared_preload_libraries`: then every backend has the
+/// real (superuser-only) `kinde_rls.secret` from its start, and never a readable placeholder.
+pub static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// Bumped whenever a setting that affects verification changes.
 pub static CONFIG_GEN: AtomicU64 = AtomicU64::new(1);
@@ -38,22 +44,34 @@ pub static PROVIDERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static JWKS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
+pub static JWKS_MAX_STALE: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+/// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
+pub static JWKS_CACHE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(16);
 
-unsafe extern "C-unwind" fn config_changed_str(_: *const c_char, _: *mut c_void) {
+/// Every hook below is `#[pg_guard]`: a PostgreSQL error raised in a call it makes (an
+/// out-of-memory in `pstrdup`, a catalog lookup in `superuser()`) becomes an ordinary ERROR
+/// instead of unwinding through PostgreSQL's C frames.
+
+#[pg_guard]
+unsafe extern "C-unwind" fn config_changed_str(_new: *const c_char, _extra: *mut c_void) {
     CONFIG_GEN.fetch_add(1, Ordering::Relaxed);
 }
-unsafe extern "C-unwind" fn config_changed_int(_: i32, _: *mut c_void) {
+#[pg_guard]
+unsafe extern "C-unwind" fn config_changed_int(_new: i32, _extra: *mut c_void) {
     CONFIG_GEN.fetch_add(1, Ordering::Relaxed);
 }
-unsafe extern "C-unwind" fn config_changed_bool(_: bool, _: *mut c_void) {
+#[pg_guard]
+unsafe extern "C-unwind" fn config_changed_bool(_new: bool, _extra: *mut c_void) {
     CONFIG_GEN.fetch_add(1, Ordering::Relaxed);
 }
-unsafe extern "C-unwind" fn token_changed(_: *const c_char, _: *mut c_void) {
+#[pg_guard]
+unsafe extern "C-unwind" fn token_changed(_new: *const c_char, _extra: *mut c_void) {
     TOKEN_GEN.fetch_add(1, Ordering::Relaxed);
     TOKEN_SET_AT.store(XACT_COUNT.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
-unsafe extern "C-unwind" fn xact_ended(event: pg_sys::XactEvent::Type, _: *mut c_void) {
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_ended(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     if matches!(
         event,
@@ -69,8 +87,10 @@ unsafe extern "C-unwind" fn xact_ended(event: pg_sys::XactEvent::Type, _: *mut c
 
 /// `pg_db_role_setting` and `pg_proc.proconfig` are readable by every role, so a secret stored
 /// with `ALTER DATABASE/ROLE … SET` or a function's `SET` clause is public. Those values reach
-/// us with source `PGC_S_TEST` (when stored) or `PGC_S_DATABASE`/`USER`/`DATABASE_USER` (when
-/// applied at connection); both are refused.
+/// us with source `PGC_S_TEST` (when stored) or `PGC_S_DATABASE`/`USER`/`DATABASE_USER`/
+/// `GLOBAL` (when applied at connection — `GLOBAL` is `ALTER ROLE ALL SET`, which may have
+/// been stored while the library was not loaded to refuse it); all are refused.
+#[pg_guard]
 unsafe extern "C-unwind" fn check_secret(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
@@ -81,7 +101,7 @@ unsafe extern "C-unwind" fn check_secret(
     if empty
         || !matches!(
             source,
-            PGC_S_TEST | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
+            PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
         )
     {
         return true;
@@ -95,6 +115,27 @@ unsafe extern "C-unwind" fn check_secret(
     false
 }
 
+/// What `SHOW kinde_rls.secret` and `current_setting('kinde_rls.secret')` print for a role that
+/// is not a superuser but may read superuser-only settings (`pg_read_all_settings`, and so
+/// `pg_monitor`).
+const SECRET_MASK: &CStr = c"(set; only superusers can read it)";
+
+/// PostgreSQL lets members of `pg_read_all_settings` read a `GUC_SUPERUSER_ONLY` setting, and
+/// monitoring roles are granted it; they see [`SECRET_MASK`] instead of the secret. Other roles
+/// are refused before this hook runs; superusers see the value. Outside a transaction (no way
+/// to ask who is asking) the mask is shown.
+#[pg_guard]
+unsafe extern "C-unwind" fn show_secret() -> *const c_char {
+    let p = *SECRET.as_ptr();
+    if p.is_null() || *p == 0 {
+        return c"".as_ptr();
+    }
+    if pg_sys::IsTransactionState() && pg_sys::superuser() {
+        return p;
+    }
+    SECRET_MASK.as_ptr()
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn define_string(
     name: &'static CStr,
@@ -103,8 +144,11 @@ unsafe fn define_string(
     setting: &'static GucSetting<Option<CString>>,
     context: pg_sys::GucContext::Type,
     flags: GucFlags,
-    check: pg_sys::GucStringCheckHook,
-    assign: pg_sys::GucStringAssignHook,
+    (check, assign, show): (
+        pg_sys::GucStringCheckHook,
+        pg_sys::GucStringAssignHook,
+        pg_sys::GucShowHook,
+    ),
 ) {
     pg_sys::DefineCustomStringVariable(
         name.as_ptr(),
@@ -116,7 +160,7 @@ unsafe fn define_string(
         flags.bits(),
         check,
         assign,
-        None,
+        show,
     );
 }
 
@@ -127,6 +171,7 @@ unsafe fn define_int(
     long: &'static CStr,
     setting: &'static GucSetting<i32>,
     (default, min, max): (i32, i32, i32),
+    context: pg_sys::GucContext::Type,
     flags: GucFlags,
     assign: pg_sys::GucIntAssignHook,
 ) {
@@ -138,7 +183,7 @@ unsafe fn define_int(
         default,
         min,
         max,
-        pg_sys::GucContext::PGC_SUSET,
+        context,
         flags.bits(),
         None,
         assign,
@@ -150,6 +195,10 @@ pub fn init() {
     use pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
     let none = GucFlags::empty();
     unsafe {
+        PRELOADED.store(
+            pg_sys::process_shared_preload_libraries_in_progress,
+            Ordering::Relaxed,
+        );
         define_string(
             c"kinde_rls.issuer",
             c"Accepted token issuers (iss), comma-separated, exact match.",
@@ -157,8 +206,7 @@ pub fn init() {
             &ISSUER,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.domain",
@@ -167,8 +215,7 @@ pub fn init() {
             &DOMAIN,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.jwks_url",
@@ -177,8 +224,7 @@ pub fn init() {
             &JWKS_URL,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.providers",
@@ -187,8 +233,7 @@ pub fn init() {
             &PROVIDERS,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.audience",
@@ -197,8 +242,7 @@ pub fn init() {
             &AUDIENCE,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.jwks",
@@ -207,18 +251,16 @@ pub fn init() {
             &JWKS,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.secret",
             c"HMAC secret for HS256/384/512 tokens (e.g. the Kinde client secret).",
-            c"Readable only by superusers once the library is loaded; keep kinde_rls in shared_preload_libraries.",
+            c"Used only when kinde_rls is in shared_preload_libraries (otherwise any role could read it); kinde_rls.secret_file is better.",
             &SECRET,
             PGC_SUSET,
             GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
-            Some(check_secret),
-            Some(config_changed_str),
+            (Some(check_secret), Some(config_changed_str), Some(show_secret)),
         );
         define_string(
             c"kinde_rls.secret_file",
@@ -227,8 +269,7 @@ pub fn init() {
             &SECRET_FILE,
             PGC_SUSET,
             none,
-            None,
-            Some(config_changed_str),
+            (None, Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.token",
@@ -236,9 +277,10 @@ pub fn init() {
             c"",
             &TOKEN,
             PGC_USERSET,
-            GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
-            None,
-            Some(token_changed),
+            // Not NO_RESET_ALL: RESET ALL and DISCARD ALL, which session-mode poolers run
+            // between clients, must forget the previous client's token.
+            GucFlags::NO_SHOW_ALL,
+            (None, Some(token_changed), None),
         );
         define_int(
             c"kinde_rls.leeway",
@@ -246,6 +288,7 @@ pub fn init() {
             c"",
             &LEEWAY,
             (30, 0, 3600),
+            PGC_SUSET,
             GucFlags::UNIT_S,
             Some(config_changed_int),
         );
@@ -255,6 +298,7 @@ pub fn init() {
             c"",
             &JWKS_TIMEOUT_MS,
             (2000, 100, 60_000),
+            PGC_SUSET,
             GucFlags::UNIT_MS,
             None,
         );
@@ -264,6 +308,7 @@ pub fn init() {
             c"",
             &JWKS_CACHE_TTL,
             (600, 1, 7 * 86_400),
+            PGC_SUSET,
             GucFlags::UNIT_S,
             None,
         );
@@ -273,15 +318,41 @@ pub fn init() {
             c"Bounds the requests a flood of tokens with made-up kids can cause.",
             &JWKS_MIN_REFRESH,
             (30, 0, 3600),
+            PGC_SUSET,
             GucFlags::UNIT_S,
             None,
         );
+        define_int(
+            c"kinde_rls.jwks_max_stale",
+            c"How long past kinde_rls.jwks_cache_ttl fetched keys keep verifying while the issuer cannot be reached.",
+            c"After that a key the issuer may have retired (because it leaked) stops verifying: tokens are refused until a fetch succeeds.",
+            &JWKS_MAX_STALE,
+            (86_400, 0, 30 * 86_400),
+            PGC_SUSET,
+            GucFlags::UNIT_S,
+            Some(config_changed_int),
+        );
+        // PGC_POSTMASTER settings can only be defined while preloading (PostgreSQL refuses them
+        // later), and only then is there a shared cache to size.
+        if pg_sys::process_shared_preload_libraries_in_progress {
+            define_int(
+                c"kinde_rls.jwks_cache_slots",
+                c"Key sets (one per key URL or domain) the shared-memory cache holds; set at server start.",
+                c"Each slot takes about 66 kB of shared memory. A key URL that finds no slot is cached per backend.",
+                &JWKS_CACHE_SLOTS,
+                (16, 1, 1024),
+                pg_sys::GucContext::PGC_POSTMASTER,
+                GucFlags::empty(),
+                None,
+            );
+        }
         define_int(
             c"kinde_rls.cache_size",
             c"Verified tokens cached per backend (0 disables the cache).",
             c"",
             &CACHE_SIZE,
             (10_000, 0, 1_000_000),
+            PGC_SUSET,
             GucFlags::empty(),
             Some(config_changed_int),
         );
@@ -317,28 +388,56 @@ pub fn init() {
     }
 }
 
-/// The current value of a string setting, borrowed; valid until the setting next changes, so
-/// callers copy what they keep.
-pub fn str_value(s: &GucSetting<Option<CString>>) -> Option<&'static str> {
-    // SAFETY: Postgres owns the pointer and keeps it valid until the next assignment, which
-    // cannot happen while one of our functions runs.
-    unsafe {
-        let p = *s.as_ptr();
-        if p.is_null() {
-            return None;
-        }
-        CStr::from_ptr(p).to_str().ok().filter(|v| !v.is_empty())
+/// A setting's bytes as text: `Ok(None)` when unset or empty; `Err(())` when they are not
+/// UTF-8 (a `SQL_ASCII` database lets any bytes in). Never "unset" for unreadable bytes: an
+/// issuer or audience that cannot be read must not mean "not checked".
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string PostgreSQL keeps valid until the setting next changes,
+/// which cannot happen while one of our functions runs; callers copy what they keep.
+unsafe fn text_of(p: *const c_char) -> Result<Option<&'static str>, ()> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    match CStr::from_ptr(p).to_str() {
+        Ok("") => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(_) => Err(()),
     }
 }
 
-/// Any setting by name (e.g. PostgREST's `request.headers`), without error if it does not exist.
-pub fn other_setting(name: &CStr) -> Option<&'static str> {
-    // SAFETY: as above; GetConfigOption returns NULL for an unknown name when missing_ok.
-    unsafe {
-        let p = pg_sys::GetConfigOption(name.as_ptr(), true, false);
-        if p.is_null() {
-            return None;
-        }
-        CStr::from_ptr(p).to_str().ok().filter(|v| !v.is_empty())
-    }
+/// A trust-bearing string setting; bytes that are not UTF-8 are a configuration error naming it.
+pub fn str_setting(
+    s: &GucSetting<Option<CString>>,
+    name: &str,
+) -> Result<Option<&'static str>, ConfigError> {
+    // SAFETY: see text_of.
+    unsafe { text_of(*s.as_ptr()) }.map_err(|()| {
+        ConfigError::new(
+            name,
+            format!("{name} is not valid UTF-8"),
+            format!("Set {name} again, from a database whose encoding is UTF8 (a SQL_ASCII database accepts any bytes)."),
+        )
+    })
+}
+
+/// Where a request's token comes from (`kinde_rls.token`, PostgREST's `request.*` settings):
+/// bytes that are not UTF-8 are a refused token, never "no token".
+fn request_text(p: *const c_char, name: &str) -> Result<Option<&'static str>, Refusal> {
+    // SAFETY: see text_of.
+    unsafe { text_of(p) }
+        .map_err(|()| Refusal::new(Check::Format, format!("{name} is not valid UTF-8")))
+}
+
+/// `kinde_rls.token`.
+pub fn token() -> Result<Option<&'static str>, Refusal> {
+    // SAFETY: the pointer is read, not kept.
+    request_text(unsafe { *TOKEN.as_ptr() }, "kinde_rls.token")
+}
+
+/// Any setting by name (e.g. PostgREST's `request.headers`), `Ok(None)` if it does not exist.
+pub fn request_setting(name: &CStr) -> Result<Option<&'static str>, Refusal> {
+    // SAFETY: GetConfigOption returns NULL for an unknown name when missing_ok.
+    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    request_text(p, name.to_str().unwrap_or("request setting"))
 }

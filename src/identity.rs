@@ -92,8 +92,10 @@ struct State {
     config: Option<Rc<Config>>,
     cache: TokenCache,
     last: Option<Last>,
+    /// The secret file as it was when `config` was built.
     secret_file_stamp: FileStamp,
-    /// Statement start (µs) at which the secret file was last looked at: once per statement.
+    /// Statement start (µs) at which the secret file was last looked at: once per statement,
+    /// on every path (the per-row fast path and cache hits included).
     stamp_checked_at: i64,
     /// The token generation last warned about as session-level.
     warned_token_gen: u64,
@@ -178,12 +180,22 @@ pub fn now() -> i64 {
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
 }
 
-/// Identity of the secret file's content, to notice when it is replaced.
-type FileStamp = Option<(std::time::SystemTime, u64)>;
+/// Identity of the secret file's content, to notice when it is replaced: written in place
+/// (modification time, size) or swapped for another file (`mv`: device and inode, change time).
+type FileStamp = Option<(u64, u64, i64, i64, i64, i64, u64)>;
 
 fn stamp(path: &str) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.size(),
+    ))
 }
 
 /// Read `kinde_rls.secret_file`: it must not be readable by other OS users, and its content
@@ -217,34 +229,76 @@ fn read_secret_file(path: &str) -> Result<String, ConfigError> {
 
 /// The verification settings as they are now.
 pub fn settings_config() -> Result<Config, ConfigError> {
-    let file_secret = match gucs::str_value(&gucs::SECRET_FILE) {
-        Some(path) => {
-            if gucs::str_value(&gucs::SECRET).is_some() {
-                return Err(ConfigError::new(
-                    "kinde_rls.secret_file",
-                    "both kinde_rls.secret and kinde_rls.secret_file are set",
-                    "Set only one of kinde_rls.secret and kinde_rls.secret_file.",
-                ));
-            }
-            Some(read_secret_file(path)?)
-        }
-        None => None,
+    let providers = gucs::str_setting(&gucs::PROVIDERS, "kinde_rls.providers")?;
+    // With kinde_rls.providers set, it is the whole configuration: the secret settings are not
+    // read (a missing or unreadable secret file must not stop verification it takes no part in).
+    let (secret, secret_source) = if providers.is_some() {
+        (None, None)
+    } else {
+        secret_setting()?
     };
     Config::from_settings(&Settings {
-        domain: gucs::str_value(&gucs::DOMAIN),
-        jwks_url: gucs::str_value(&gucs::JWKS_URL),
-        providers: gucs::str_value(&gucs::PROVIDERS),
-        issuer: gucs::str_value(&gucs::ISSUER),
-        audience: gucs::str_value(&gucs::AUDIENCE),
-        jwks: gucs::str_value(&gucs::JWKS),
-        secret: file_secret.as_deref().or(gucs::str_value(&gucs::SECRET)),
+        domain: gucs::str_setting(&gucs::DOMAIN, "kinde_rls.domain")?,
+        jwks_url: gucs::str_setting(&gucs::JWKS_URL, "kinde_rls.jwks_url")?,
+        providers,
+        issuer: gucs::str_setting(&gucs::ISSUER, "kinde_rls.issuer")?,
+        audience: gucs::str_setting(&gucs::AUDIENCE, "kinde_rls.audience")?,
+        jwks: gucs::str_setting(&gucs::JWKS, "kinde_rls.jwks")?,
+        secret: secret.as_deref(),
+        secret_source,
         leeway: i64::from(gucs::LEEWAY.get()),
         require_sub: gucs::REQUIRE_SUB.get(),
     })
 }
 
+/// The HMAC secret and the setting it came from: the file named by `kinde_rls.secret_file`,
+/// or `kinde_rls.secret` — the latter only when the library is preloaded. Without preloading,
+/// a backend that has not loaded the library holds the value as a plain placeholder that any
+/// role can read with `SHOW`, so a secret set that way is not secret and is not used.
+fn secret_setting() -> Result<(Option<String>, Option<&'static str>), ConfigError> {
+    let secret = gucs::str_setting(&gucs::SECRET, "kinde_rls.secret")?;
+    let file = gucs::str_setting(&gucs::SECRET_FILE, "kinde_rls.secret_file")?;
+    match (secret, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "kinde_rls.secret_file",
+            "both kinde_rls.secret and kinde_rls.secret_file are set",
+            "Set only one of kinde_rls.secret and kinde_rls.secret_file.",
+        )),
+        (None, Some(path)) => Ok((
+            Some(read_secret_file(path)?),
+            Some("kinde_rls.secret_file"),
+        )),
+        (Some(_), None) if !gucs::PRELOADED.load(Ordering::Relaxed) => Err(ConfigError::new(
+            "kinde_rls.secret",
+            "kinde_rls.secret is not used: kinde_rls is not in shared_preload_libraries, so any role could read the secret (SHOW kinde_rls.secret) in a session that has not loaded the library",
+            "Put the secret in a file only the server's OS user can read and set kinde_rls.secret_file to its path, or add kinde_rls to shared_preload_libraries and restart; then rotate the secret, which was readable.",
+        )),
+        (Some(s), None) => Ok((Some(s.to_owned()), Some("kinde_rls.secret"))),
+        (None, None) => Ok((None, None)),
+    }
+}
+
 impl State {
     fn sync(&mut self) {
+        // A replaced secret file invalidates everything verified with the old secret. Looked at
+        // once per statement, here, so that a cache hit or the per-row fast path cannot keep an
+        // identity the new secret would refuse.
+        let stmt = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
+        if stmt != self.stamp_checked_at {
+            self.stamp_checked_at = stmt;
+            if self.config.is_some() {
+                let now_stamp = match gucs::str_setting(&gucs::SECRET_FILE, "kinde_rls.secret_file")
+                {
+                    Ok(Some(path)) => stamp(path),
+                    _ => None,
+                };
+                if now_stamp != self.secret_file_stamp {
+                    self.config = None;
+                    self.cache.clear();
+                    self.last = None;
+                }
+            }
+        }
         let gen = CONFIG_GEN.load(Ordering::Relaxed);
         let epoch = jwks::keys_epoch();
         if self.keys_epoch != epoch {
@@ -262,22 +316,15 @@ impl State {
     }
 
     fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
-        // A replaced secret file invalidates everything verified with the old secret. Looked at
-        // once per statement, not once per token.
-        let stmt = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
-        let mut file_stamp = self.secret_file_stamp;
-        if self.config.is_none() || stmt != self.stamp_checked_at {
-            file_stamp = gucs::str_value(&gucs::SECRET_FILE).and_then(stamp);
-            self.stamp_checked_at = stmt;
-            if file_stamp != self.secret_file_stamp {
-                self.config = None;
-                self.cache.clear();
-                self.last = None;
-            }
-        }
         if let Some(c) = &self.config {
             return Ok(c.clone());
         }
+        // Stamp the file before reading it: a replacement racing with the read is then seen
+        // at the next statement.
+        let file_stamp = match gucs::str_setting(&gucs::SECRET_FILE, "kinde_rls.secret_file")? {
+            Some(path) => stamp(path),
+            None => None,
+        };
         let c = Rc::new(settings_config()?);
         self.config = Some(c.clone());
         self.secret_file_stamp = file_stamp;
@@ -393,7 +440,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
             return Ok(id);
         }
     }
-    if let Some(token) = gucs::str_value(&gucs::TOKEN) {
+    if let Some(token) = gucs::token()? {
         warn_if_session_token(s, gen);
         s.last = None;
         let id = s.verify(token.trim(), now)?;
@@ -403,8 +450,8 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         });
         return Ok(Some(id));
     }
-    let headers = gucs::other_setting(c"request.headers");
-    let claims_text = gucs::other_setting(c"request.jwt.claims");
+    let headers = gucs::request_setting(c"request.headers")?;
+    let claims_text = gucs::request_setting(c"request.jwt.claims")?;
     if let Some(last) = &s.last {
         if let Key::Request {
             headers: h,

@@ -2,31 +2,45 @@
 //!
 //! Two homes for the cache, chosen once in `_PG_init`:
 //! - **shared memory**, when the library is in `shared_preload_libraries`: one cluster-wide
-//!   cache of [`SLOTS`] key sets; one backend fetches while the others use what is there (or
-//!   wait, at most the fetch timeout, when nothing is); each backend parses a set once per
-//!   change and keeps the parsed keys;
-//! - **per backend** otherwise (or for a source too long for a slot): each backend fetches and
-//!   caches on its own.
+//!   cache of `kinde_rls.jwks_cache_slots` key sets; one backend fetches while the others use
+//!   what is there (or wait, at most the fetch timeout, when nothing is); each backend parses a
+//!   set once per change and keeps the parsed keys;
+//! - **per backend** otherwise, and for a source that finds no slot (every slot holds fresh
+//!   keys of other sources) or whose URL is too long for one: each backend fetches and caches
+//!   on its own.
+//!
+//! A backend's own copy of a set is used whenever the shared slot is gone, so an evicted set is
+//! not fetched again while this backend's copy is fresh. Only slots whose keys have expired or
+//! that sat unused for a minute are evicted (least recently *used* first), so more sources in
+//! use than slots degrade to per-backend caching for the overflow instead of thrashing. When each fetch was last tried and whether it
+//! failed is kept in a small table of its own, which outlives eviction: rate limits hold for
+//! every source, slotted or not.
 //!
 //! When to fetch is decided by [`kinde_rls_core::keycache::decide`]; this module only keeps the
-//! state and acts. Fetching happens outside any lock, bounded by `kinde_rls.jwks_timeout_ms`.
+//! state and acts. Fetching happens on a helper thread, outside any lock, bounded by
+//! `kinde_rls.jwks_timeout_ms`, while the backend waits on its latch and answers cancels,
+//! `statement_timeout` and shutdown (see [`fetch_interruptibly`]).
 
-use kinde_rls_core::fetch::{fetch_jwks, MAX_BODY_BYTES};
-use kinde_rls_core::keycache::{decide, wall_clock, Action, Need, Times};
-use kinde_rls_core::{parse_jwks, Key, KeySource, RemoteSource};
+use kinde_rls_core::fetch::{fetch_jwks, Fetched, MAX_BODY_BYTES};
+use kinde_rls_core::keycache::{decide, wall_clock, Action, Limits, Need, Times};
+use kinde_rls_core::{parse_jwks, KeySet, KeySource, RemoteSource};
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{PGRXSharedMemory, PgAtomic, PgLwLock};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::gucs;
 
-/// Key sets the shared cache holds; the least recently used is evicted for a new source.
-pub const SLOTS: usize = 8;
 const LABEL_BYTES: usize = 512;
+/// A slot whose keys are still fresh is given to another source only after it has not been
+/// used for this long: sources that are in use keep their slots (more sources than slots then
+/// means the overflow is cached per backend, not that every source is fetched again in turn),
+/// and sources that were configured away stop holding slots a minute later.
+const IDLE_EVICT_SECS: f64 = 60.0;
 const ERROR_BYTES: usize = 256;
 
 /// Bumped whenever a key set this backend uses changes, so cached verifications made with
@@ -35,16 +49,35 @@ pub static KEYS_EPOCH: AtomicU64 = AtomicU64::new(1);
 /// Set in `_PG_init` when loading from `shared_preload_libraries`.
 static SHARED_MODE: AtomicBool = AtomicBool::new(false);
 
-#[derive(Copy, Clone)]
+// ---------------------------------------------------------------------------------------------
+// Shared memory: a header, `nslots` slots, `nrecent` fetch records. Sized from
+// `kinde_rls.jwks_cache_slots` at server start.
+
 #[repr(C)]
-pub struct Slot {
+struct Header {
+    lock: *mut pg_sys::LWLock,
+    /// Bumped (without the lock) whenever a shared key set changes, so that every backend drops
+    /// verifications made with keys another backend saw rotated away, on its next lookup.
+    epoch: AtomicU64,
+    /// Source of slot generations: one counter for all slots, so a generation never repeats
+    /// even when a source moves to another slot.
+    next_gen: u64,
+}
+
+#[repr(C)]
+struct Slot {
     used: bool,
     discovery: bool,
+    /// The last fetch attempt failed.
+    last_failed: bool,
+    /// Restored if the fetch in progress is abandoned (cancelled, or its backend died).
+    prev_failed: bool,
+    fetcher_pid: i32,
     label_len: u16,
-    label: [u8; LABEL_BYTES],
     url_len: u16,
-    url: [u8; LABEL_BYTES],
     err_len: u16,
+    label: [u8; LABEL_BYTES],
+    url: [u8; LABEL_BYTES],
     err: [u8; ERROR_BYTES],
     body_len: u32,
     body: [u8; MAX_BODY_BYTES],
@@ -53,47 +86,205 @@ pub struct Slot {
     fetched_at: f64,
     expires_at: f64,
     last_attempt: f64,
+    prev_attempt: f64,
     fetching_since: f64,
-    last_used: f64,
+    /// Last use, in milliseconds since the epoch: updated under the shared lock, hence atomic.
+    last_used_ms: AtomicU64,
     fetches: u64,
 }
 
-#[derive(Copy, Clone)]
+/// When a source's keys were last fetched and how it went: kept for every source, slotted or
+/// not, so that eviction does not reset a rate limit.
 #[repr(C)]
-pub struct SharedCache {
-    slots: [Slot; SLOTS],
-    /// Source of slot generations: one counter for all slots, so a generation never repeats
-    /// even when a source moves to another slot.
-    next_gen: u64,
+struct Recent {
+    key: u64,
+    last_attempt: f64,
+    last_failed: bool,
+    err_len: u16,
+    err: [u8; ERROR_BYTES],
 }
 
-// SAFETY: plain old data, no pointers.
-unsafe impl PGRXSharedMemory for SharedCache {}
+static HEADER: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static RECENT: AtomicPtr<Recent> = AtomicPtr::new(std::ptr::null_mut());
+static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+static NRECENT: AtomicUsize = AtomicUsize::new(0);
 
-impl Default for SharedCache {
-    fn default() -> Self {
-        // SAFETY: all-zero is a valid value of every field (false, 0, 0.0).
-        unsafe { std::mem::zeroed() }
+const SHMEM_NAME: &std::ffi::CStr = c"kinde_rls_jwks";
+
+fn sizes(nslots: usize) -> (usize, usize, usize, usize) {
+    let nrecent = (4 * nslots).max(64);
+    let align = |n: usize| n.div_ceil(16) * 16;
+    let slots_at = align(size_of::<Header>());
+    let recent_at = align(slots_at + nslots * size_of::<Slot>());
+    let total = recent_at + nrecent * size_of::<Recent>();
+    (nrecent, slots_at, recent_at, total)
+}
+
+fn configured_slots() -> usize {
+    usize::try_from(gucs::JWKS_CACHE_SLOTS.get().max(1)).unwrap_or(1)
+}
+
+static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+unsafe fn request_shmem() {
+    pg_sys::RequestAddinShmemSpace(sizes(configured_slots()).3);
+    pg_sys::RequestNamedLWLockTranche(SHMEM_NAME.as_ptr(), 1);
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+#[pg_guard]
+unsafe extern "C-unwind" fn on_shmem_request() {
+    if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
+        prev();
     }
+    request_shmem();
 }
 
-pub static SHARED: PgLwLock<SharedCache> = unsafe { PgLwLock::new(c"kinde_rls_jwks") };
-/// Bumped (without a lock) whenever a shared key set changes, so that every backend drops
-/// verifications made with keys another backend saw rotated away, on its next lookup.
-static SHARED_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"kinde_rls_jwks_epoch") };
+#[pg_guard]
+unsafe extern "C-unwind" fn on_shmem_startup() {
+    if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+        prev();
+    }
+    let nslots = configured_slots();
+    let (nrecent, slots_at, recent_at, total) = sizes(nslots);
+    // AddinShmemInitLock, as pgrx's own shared-memory initialisation takes it.
+    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let mut found = false;
+    let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total, &mut found).cast::<u8>();
+    if !found {
+        // SAFETY: `total` bytes were just allocated for us; all-zero is a valid value of every
+        // field (false, 0, 0.0, a null pointer, an atomic 0).
+        std::ptr::write_bytes(base, 0, total);
+        (*base.cast::<Header>()).lock =
+            &raw mut (*pg_sys::GetNamedLWLockTranche(SHMEM_NAME.as_ptr())).lock;
+    }
+    HEADER.store(base.cast(), Ordering::Release);
+    SLOTS.store(base.add(slots_at).cast(), Ordering::Release);
+    RECENT.store(base.add(recent_at).cast(), Ordering::Release);
+    NSLOTS.store(nslots, Ordering::Release);
+    NRECENT.store(nrecent, Ordering::Release);
+    pg_sys::LWLockRelease(init_lock);
+}
 
 /// Called from `_PG_init`.
 pub fn init() {
-    // SAFETY: read once at load time, by the postmaster or a backend.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        pgrx::pg_shmem_init!(SHARED);
-        pgrx::pg_shmem_init!(SHARED_EPOCH);
-        SHARED_MODE.store(true, Ordering::Relaxed);
+    // SAFETY: read once at load time, by the postmaster or a backend; the hooks are chained
+    // the way PostgreSQL expects, before any backend exists.
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+        {
+            PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(on_shmem_request);
+        }
+        #[cfg(any(feature = "pg13", feature = "pg14"))]
+        request_shmem();
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(on_shmem_startup);
     }
+    SHARED_MODE.store(true, Ordering::Relaxed);
 }
 
 pub fn shared_mode() -> bool {
-    SHARED_MODE.load(Ordering::Relaxed)
+    SHARED_MODE.load(Ordering::Relaxed) && !HEADER.load(Ordering::Acquire).is_null()
+}
+
+fn header() -> &'static Header {
+    // SAFETY: only called in shared mode, after the startup hook stored the pointer; the
+    // header lives as long as the server.
+    unsafe { &*HEADER.load(Ordering::Acquire) }
+}
+
+/// The shared lock, held; released when dropped (unless a PostgreSQL error is unwinding, whose
+/// abort releases every LWLock, as pgrx's own lock guards do).
+struct Locked {
+    exclusive: bool,
+}
+
+impl Locked {
+    fn share() -> Locked {
+        // SAFETY: the lock lives in shared memory for the server's lifetime.
+        unsafe { pg_sys::LWLockAcquire(header().lock, pg_sys::LWLockMode::LW_SHARED) };
+        Locked { exclusive: false }
+    }
+
+    fn exclusive() -> Locked {
+        // SAFETY: as above.
+        unsafe { pg_sys::LWLockAcquire(header().lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        Locked { exclusive: true }
+    }
+
+    fn slots(&self) -> &[Slot] {
+        // SAFETY: the slots were sized at startup; held under at least the shared lock.
+        unsafe {
+            std::slice::from_raw_parts(
+                SLOTS.load(Ordering::Acquire),
+                NSLOTS.load(Ordering::Acquire),
+            )
+        }
+    }
+
+    fn slots_mut(&mut self) -> &mut [Slot] {
+        assert!(self.exclusive, "slots are written under the exclusive lock");
+        // SAFETY: as above, and no other process reads them while we hold the lock exclusively.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                SLOTS.load(Ordering::Acquire),
+                NSLOTS.load(Ordering::Acquire),
+            )
+        }
+    }
+
+    fn recent(&self) -> &[Recent] {
+        // SAFETY: as for slots.
+        unsafe {
+            std::slice::from_raw_parts(
+                RECENT.load(Ordering::Acquire),
+                NRECENT.load(Ordering::Acquire),
+            )
+        }
+    }
+
+    fn recent_mut(&mut self) -> &mut [Recent] {
+        assert!(
+            self.exclusive,
+            "fetch records are written under the exclusive lock"
+        );
+        // SAFETY: as for slots_mut.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                RECENT.load(Ordering::Acquire),
+                NRECENT.load(Ordering::Acquire),
+            )
+        }
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        assert!(self.exclusive);
+        // SAFETY: written only under the exclusive lock.
+        unsafe {
+            let h = HEADER.load(Ordering::Acquire);
+            (*h).next_gen += 1;
+            (*h).next_gen
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: we hold the lock; InterruptHoldoffCount is 0 only while a PostgreSQL error
+        // unwinds, and then the transaction abort releases it.
+        unsafe {
+            if pg_sys::InterruptHoldoffCount > 0 {
+                pg_sys::LWLockRelease(header().lock);
+            }
+        }
+    }
 }
 
 /// Changes whenever a key set this backend may rely on changes: its own fetches, and in shared
@@ -101,7 +292,7 @@ pub fn shared_mode() -> bool {
 pub fn keys_epoch() -> u64 {
     let local = KEYS_EPOCH.load(Ordering::Relaxed);
     if shared_mode() {
-        local.wrapping_add(SHARED_EPOCH.get().load(Ordering::Relaxed) << 32)
+        local.wrapping_add(header().epoch.load(Ordering::Relaxed) << 32)
     } else {
         local
     }
@@ -121,6 +312,24 @@ fn text(b: &[u8], len: usize) -> String {
     String::from_utf8_lossy(&b[..len.min(b.len())]).into_owned()
 }
 
+/// FNV-1a of a source's kind and label: the key of its fetch record.
+fn source_key(src: &RemoteSource) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let kind: &[u8] = match src {
+        RemoteSource::Discovery(_) => b"d",
+        RemoteSource::Jwks(_) => b"j",
+    };
+    for b in kind.iter().chain(src.label().as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+fn now_ms(now: f64) -> u64 {
+    (now * 1000.0) as u64
+}
+
 impl Slot {
     fn holds(&self, src: &RemoteSource) -> bool {
         let label = src.label().as_bytes();
@@ -134,11 +343,16 @@ impl Slot {
             has_keys: self.body_len > 0,
             expires_at: self.expires_at,
             last_attempt: self.last_attempt,
+            last_failed: self.last_failed,
             fetching_since: self.fetching_since,
         }
     }
 
-    fn claim(&mut self, src: &RemoteSource, gen: u64) {
+    fn fetching(&self, now: f64, lim: &Limits) -> bool {
+        self.fetching_since > 0.0 && now - self.fetching_since < lim.timeout + 1.0
+    }
+
+    fn claim(&mut self, src: &RemoteSource, gen: u64, now: f64) {
         // Zero the small fields; the body is overwritten by the next successful fetch.
         self.used = true;
         self.discovery = matches!(src, RemoteSource::Discovery(_));
@@ -150,22 +364,197 @@ impl Slot {
         self.fetched_at = 0.0;
         self.expires_at = 0.0;
         self.last_attempt = 0.0;
+        self.last_failed = false;
+        self.prev_attempt = 0.0;
+        self.prev_failed = false;
         self.fetching_since = 0.0;
+        self.fetcher_pid = 0;
+        self.last_used_ms.store(now_ms(now), Ordering::Relaxed);
         self.fetches = 0;
     }
+
+    /// Give up this backend's claim on a fetch (cancelled, or the backend is exiting): nobody
+    /// waits for it any more, and the attempt does not count against the rate limit.
+    fn release_claim(&mut self) {
+        self.fetching_since = 0.0;
+        self.fetcher_pid = 0;
+        self.last_attempt = self.prev_attempt;
+        self.last_failed = self.prev_failed;
+    }
 }
+
+/// A fetch record, read out of shared memory.
+#[derive(Clone, Debug)]
+struct Record {
+    last_attempt: f64,
+    last_failed: bool,
+    err: String,
+}
+
+fn find_recent(l: &Locked, key: u64) -> Option<Record> {
+    l.recent().iter().find(|r| r.key == key).map(|r| Record {
+        last_attempt: r.last_attempt,
+        last_failed: r.last_failed,
+        err: text(&r.err, r.err_len as usize),
+    })
+}
+
+fn record_recent(l: &mut Locked, key: u64, at: f64, error: Option<&str>) {
+    let recent = l.recent_mut();
+    let i = recent.iter().position(|r| r.key == key).unwrap_or_else(|| {
+        // The oldest record makes room (a zeroed record is the oldest of all).
+        recent
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.last_attempt.total_cmp(&b.1.last_attempt))
+            .map_or(0, |(i, _)| i)
+    });
+    let r = &mut recent[i];
+    r.key = key;
+    r.last_attempt = at;
+    r.last_failed = error.is_some();
+    r.err_len = copy_in(&mut r.err, error.unwrap_or("")) as u16;
+}
+
+fn my_pid() -> i32 {
+    // SAFETY: set at backend start, never changed.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// Registered once per backend that claims a fetch: if it exits mid-fetch (FATAL, shutdown),
+/// its claims are released so that no other backend waits for a fetch nobody will finish.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_claims_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    if !shared_mode() {
+        return;
+    }
+    let pid = my_pid();
+    let mut l = Locked::exclusive();
+    for s in l.slots_mut().iter_mut() {
+        if s.fetcher_pid == pid && s.fetching_since > 0.0 {
+            s.release_claim();
+        }
+    }
+}
+
+fn register_exit_callback() {
+    thread_local!(static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if !REGISTERED.with(|r| r.replace(true)) {
+        // SAFETY: a plain callback registration in this backend.
+        unsafe { pg_sys::before_shmem_exit(Some(release_claims_at_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fetching on a helper thread, interruptibly.
+
+/// Fetch threads of this backend still running, including those whose wait was interrupted
+/// (they finish on their own within their timeout). Bounded by [`MAX_LIVE_FETCHES`].
+static LIVE_FETCHES: AtomicUsize = AtomicUsize::new(0);
+/// A backend whose fetches keep being cancelled while an issuer hangs does not pile up threads.
+const MAX_LIVE_FETCHES: usize = 4;
+
+/// Start `f` on a new thread with every signal blocked. A backend is one thread, and
+/// PostgreSQL's handlers (SIGALRM for timeouts, SIGINT for cancel, SIGTERM, SIGUSR1, …) must
+/// only ever run on it: a thread inherits its creator's signal mask, so it — and any thread it
+/// starts in turn, such as the HTTP client's name-resolution helper — never receives them.
+fn spawn_signals_blocked(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    // SAFETY: plain POSIX calls on a local sigset; the old mask is restored on this thread
+    // whatever spawn returns. A signal arriving in between stays pending and is delivered to
+    // this thread when the mask is restored.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("kinde_rls fetch".into())
+            .spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned.map(|_| ())
+    }
+}
+
+/// Sleep on the backend's latch for at most `ms`, then answer interrupts: a cancel,
+/// `statement_timeout` or shutdown raises its ERROR/FATAL here. The latch is set by those
+/// signals' handlers, so the wake-up is immediate.
+fn pause(ms: i64) {
+    // SAFETY: the standard latch wait of a backend.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// Fetch a source's keys on a helper thread (bounded by `timeout`) while this backend waits on
+/// its latch, waking every 20 ms to answer interrupts. A cancel abandons the fetch: the thread
+/// finishes on its own (it touches nothing of PostgreSQL's) and its answer is dropped; the next
+/// request starts afresh, in case the issuer has recovered.
+fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched, String> {
+    if LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {
+        return Err(format!(
+            "{MAX_LIVE_FETCHES} earlier key fetches of this session, interrupted, are still running; not starting another"
+        ));
+    }
+    let (tx, rx) = mpsc::channel();
+    let job = src.clone();
+    LIVE_FETCHES.fetch_add(1, Ordering::Relaxed);
+    let spawned = spawn_signals_blocked(move || {
+        let r = std::panic::catch_unwind(|| fetch_jwks(&job, timeout))
+            .unwrap_or_else(|_| Err("the fetch failed unexpectedly".into()));
+        LIVE_FETCHES.fetch_sub(1, Ordering::Relaxed);
+        let _ = tx.send(r);
+    });
+    if let Err(e) = spawned {
+        LIVE_FETCHES.fetch_sub(1, Ordering::Relaxed);
+        return Err(format!("could not start the fetch: {e}"));
+    }
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return r,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err("the fetch ended without an answer".into())
+            }
+            Err(mpsc::TryRecvError::Empty) => pause(20),
+        }
+    }
+}
+
+/// Run `f`; if it unwinds (a PostgreSQL ERROR such as a cancel, raised while waiting), run
+/// `cleanup` first — as ordinary code, not inside a destructor, so that a failure in it cannot
+/// turn into a double panic — then let the error continue.
+fn with_cleanup<T>(f: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => {
+            cleanup();
+            std::panic::resume_unwind(payload)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-backend copies.
 
 /// What one backend knows about one source.
 #[derive(Default)]
 struct Local {
-    keys: Rc<Vec<Key>>,
+    keys: Rc<KeySet>,
     body: String,
     url: String,
-    /// Shared mode: the slot generation `keys` were parsed from.
+    /// Shared mode: the slot generation `keys` were parsed from (0: fetched by this backend
+    /// without a slot).
     gen: u64,
     fetched_at: f64,
     expires_at: f64,
     last_attempt: f64,
+    last_failed: bool,
     last_error: Option<String>,
 }
 
@@ -175,6 +564,7 @@ impl Local {
             has_keys: !self.body.is_empty(),
             expires_at: self.expires_at,
             last_attempt: self.last_attempt,
+            last_failed: self.last_failed,
             fetching_since: 0.0,
         }
     }
@@ -183,7 +573,7 @@ impl Local {
     fn adopt(&mut self, body: String) -> Result<(), String> {
         if body != self.body {
             let set = parse_jwks(&body, false)?;
-            self.keys = Rc::new(set.keys);
+            self.keys = Rc::new(set);
             self.body = body;
             KEYS_EPOCH.fetch_add(1, Ordering::Relaxed);
         }
@@ -195,23 +585,22 @@ thread_local! {
     static LOCAL: RefCell<HashMap<RemoteSource, Local>> = RefCell::new(HashMap::new());
 }
 
-struct Limits {
-    timeout: Duration,
-    ttl: f64,
-    min_refresh: f64,
-}
-
 fn limits() -> Limits {
     Limits {
-        timeout: Duration::from_millis(gucs::JWKS_TIMEOUT_MS.get().max(1) as u64),
         ttl: f64::from(gucs::JWKS_CACHE_TTL.get()),
         min_refresh: f64::from(gucs::JWKS_MIN_REFRESH.get()),
+        timeout: f64::from(gucs::JWKS_TIMEOUT_MS.get().max(1)) / 1000.0,
+        max_stale: f64::from(gucs::JWKS_MAX_STALE.get()),
     }
+}
+
+fn timeout(lim: &Limits) -> Duration {
+    Duration::from_secs_f64(lim.timeout)
 }
 
 /// Keys for one source and how long they may be relied on.
 struct Got {
-    keys: Rc<Vec<Key>>,
+    keys: Rc<KeySet>,
     until: f64,
 }
 
@@ -223,69 +612,133 @@ fn warn_stale(src: &RemoteSource, err: &str, fetched_at: f64) {
     );
 }
 
-/// Per-backend cache: decide, fetch if told to, remember.
-fn obtain_local(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<Got>, String> {
-    let now = wall_clock();
-    let action = LOCAL.with(|l| {
-        let l = l.borrow();
-        let t = l.get(src).map(Local::times).unwrap_or_default();
-        decide(&t, need, now, lim.min_refresh, lim.timeout.as_secs_f64())
-    });
-    match action {
-        Action::Use | Action::Refuse => LOCAL.with(|l| {
-            let l = l.borrow();
-            let e = l.get(src);
-            match (e, action) {
-                (Some(_), Action::Use) if need == Need::UnknownKid => Ok(None),
-                (Some(e), Action::Use) => Ok(Some(Got {
-                    keys: e.keys.clone(),
-                    until: if now < e.expires_at {
-                        e.expires_at
-                    } else {
-                        now + lim.min_refresh
-                    },
-                })),
-                (Some(e), _) => Err(e.last_error.clone().unwrap_or_else(|| "no keys yet".into())),
-                (None, _) => Err("no keys yet".into()),
-            }
-        }),
-        Action::Fetch | Action::Wait => {
-            LOCAL.with(|l| l.borrow_mut().entry(src.clone()).or_default().last_attempt = now);
-            let result = fetch_jwks(src, lim.timeout);
-            LOCAL.with(|l| {
-                let mut l = l.borrow_mut();
-                let e = l.entry(src.clone()).or_default();
-                match result.and_then(|f| e.adopt(f.jwks).map(|_| f.url)) {
-                    Ok(url) => {
-                        e.url = url;
-                        e.fetched_at = now;
-                        e.expires_at = now + lim.ttl;
-                        e.last_error = None;
-                        Ok(Some(Got {
-                            keys: e.keys.clone(),
-                            until: e.expires_at,
-                        }))
-                    }
-                    Err(err) => {
-                        e.last_error = Some(err.clone());
-                        if e.body.is_empty() || need == Need::Force {
-                            Err(err)
-                        } else {
-                            warn_stale(src, &err, e.fetched_at);
-                            if need == Need::UnknownKid {
-                                Ok(None)
-                            } else {
-                                Ok(Some(Got {
-                                    keys: e.keys.clone(),
-                                    until: now + lim.min_refresh,
-                                }))
-                            }
-                        }
-                    }
-                }
+/// Why there are no keys to use: the last error, and when keys exist but are too old, their age.
+fn unusable(err: &str, t: &Times, fetched_at: f64, now: f64, lim: &Limits) -> String {
+    if t.has_keys && !t.usable(now, lim) {
+        format!(
+            "the keys fetched {:.0} s ago expired {:.0} s ago, longer than kinde_rls.jwks_max_stale ({:.0} s) allows while the issuer cannot be reached; the last fetch failed: {err}",
+            (now - fetched_at).max(0.0),
+            (now - t.expires_at).max(0.0),
+            lim.max_stale
+        )
+    } else {
+        err.to_string()
+    }
+}
+
+fn local_times(src: &RemoteSource) -> (Times, f64, Option<String>) {
+    LOCAL.with(|l| {
+        l.borrow()
+            .get(src)
+            .map_or((Times::default(), 0.0, None), |e| {
+                (e.times(), e.fetched_at, e.last_error.clone())
             })
+    })
+}
+
+fn local_keys(src: &RemoteSource) -> Rc<KeySet> {
+    LOCAL.with(|l| {
+        l.borrow()
+            .get(src)
+            .map(|e| e.keys.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// Per-backend cache (no slot): decide with this backend's copy and — in shared mode — the
+/// cluster-wide fetch record, fetch if told to, remember.
+fn obtain_local(
+    src: &RemoteSource,
+    need: Need,
+    lim: &Limits,
+    shared_record: Option<Record>,
+) -> Result<Option<Got>, String> {
+    let now = wall_clock();
+    let (mut t, fetched_at, mut last_error) = local_times(src);
+    if let Some(r) = shared_record.filter(|r| r.last_attempt > t.last_attempt) {
+        t.last_attempt = r.last_attempt;
+        t.last_failed = r.last_failed;
+        if r.last_failed {
+            last_error = Some(r.err);
         }
     }
+    match decide(&t, need, now, lim) {
+        Action::Use if need == Need::UnknownKid => Ok(None),
+        Action::Use => Ok(Some(Got {
+            keys: local_keys(src),
+            until: t.until(now, lim),
+        })),
+        Action::Refuse => Err(unusable(
+            last_error.as_deref().unwrap_or("no keys yet"),
+            &t,
+            fetched_at,
+            now,
+            lim,
+        )),
+        Action::Fetch | Action::Wait => {
+            let result = fetch_interruptibly(src, timeout(lim));
+            if shared_mode() {
+                let mut l = Locked::exclusive();
+                record_recent(
+                    &mut l,
+                    source_key(src),
+                    now,
+                    result.as_ref().err().map(String::as_str),
+                );
+            }
+            finish_local(src, need, lim, now, result)
+        }
+    }
+}
+
+/// Record a fetch this backend made without a slot, and answer with what it brought (or what
+/// is left when it failed).
+fn finish_local(
+    src: &RemoteSource,
+    need: Need,
+    lim: &Limits,
+    now: f64,
+    result: Result<Fetched, String>,
+) -> Result<Option<Got>, String> {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let e = l.entry(src.clone()).or_default();
+        e.last_attempt = now;
+        match result.and_then(|f| e.adopt(f.jwks).map(|_| f.url)) {
+            Ok(url) => {
+                e.url = url;
+                e.gen = 0;
+                e.fetched_at = now;
+                e.expires_at = now + lim.ttl;
+                e.last_failed = false;
+                e.last_error = None;
+                Ok(Some(Got {
+                    keys: e.keys.clone(),
+                    until: e.expires_at,
+                }))
+            }
+            Err(err) => {
+                e.last_failed = true;
+                e.last_error = Some(err.clone());
+                let t = e.times();
+                if need == Need::Force {
+                    Err(err)
+                } else if t.usable(now, lim) {
+                    warn_stale(src, &err, e.fetched_at);
+                    if need == Need::UnknownKid {
+                        Ok(None)
+                    } else {
+                        Ok(Some(Got {
+                            keys: e.keys.clone(),
+                            until: t.until(now, lim),
+                        }))
+                    }
+                } else {
+                    Err(unusable(&err, &t, e.fetched_at, now, lim))
+                }
+            }
+        }
+    })
 }
 
 /// Parse (once per generation) the body of a shared slot into this backend's keys.
@@ -296,7 +749,7 @@ fn adopt_shared(
     url: String,
     fetched_at: f64,
     expires_at: f64,
-) -> Result<Rc<Vec<Key>>, String> {
+) -> Result<Rc<KeySet>, String> {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         let e = l.entry(src.clone()).or_default();
@@ -320,199 +773,286 @@ fn local_gen(src: &RemoteSource) -> Option<u64> {
     })
 }
 
+/// What a look at the shared cache found for one source.
+struct Seen {
+    times: Times,
+    gen: u64,
+    /// The body, copied out only when this backend has not parsed this generation yet.
+    body: Option<String>,
+    url: String,
+    fetched_at: f64,
+    err: String,
+}
+
+fn look(src: &RemoteSource, now: f64) -> Result<Seen, Option<Record>> {
+    let l = Locked::share();
+    match l.slots().iter().find(|s| s.holds(src)) {
+        Some(s) => {
+            // Use counts: the least recently *used* expired slot is the one evicted.
+            s.last_used_ms.store(now_ms(now), Ordering::Relaxed);
+            let mine = local_gen(src);
+            Ok(Seen {
+                times: s.times(),
+                gen: s.gen,
+                body: (mine != Some(s.gen) && s.body_len > 0)
+                    .then(|| text(&s.body, s.body_len as usize)),
+                url: text(&s.url, s.url_len as usize),
+                fetched_at: s.fetched_at,
+                err: text(&s.err, s.err_len as usize),
+            })
+        }
+        None => Err(find_recent(&l, source_key(src))),
+    }
+}
+
+enum Claim {
+    /// This backend fetches; the claim was made at this time.
+    Mine(f64),
+    /// Another backend got there first, or the slot says not to fetch: look again.
+    Taken,
+    /// Every slot holds fresh keys of another source (or is being fetched): cache per backend.
+    NoSlot(Option<Record>),
+}
+
+/// Claim the fetch of `src` under the exclusive lock, re-deciding: another backend may have won.
+/// A source without a slot takes a free one, or evicts the least recently used slot whose keys
+/// have expired or which has been idle for [`IDLE_EVICT_SECS`] — never keys in use, so more
+/// sources than slots cannot thrash the cache.
+fn claim(src: &RemoteSource, need: Need, now: f64, lim: &Limits) -> Claim {
+    let mut l = Locked::exclusive();
+    let key = source_key(src);
+    let idx = match l.slots().iter().position(|s| s.holds(src)) {
+        Some(i) => i,
+        None => {
+            let victim = l.slots().iter().position(|s| !s.used).or_else(|| {
+                l.slots()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        let idle = now - s.last_used_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+                        !s.fetching(now, lim)
+                            && (s.body_len == 0 || now >= s.expires_at || idle >= IDLE_EVICT_SECS)
+                    })
+                    .min_by_key(|(_, s)| s.last_used_ms.load(Ordering::Relaxed))
+                    .map(|(i, _)| i)
+            });
+            let Some(i) = victim else {
+                return Claim::NoSlot(find_recent(&l, key));
+            };
+            let record = find_recent(&l, key);
+            let gen = l.next_gen();
+            let slot = &mut l.slots_mut()[i];
+            slot.claim(src, gen, now);
+            // The source's rate-limit state comes back with it.
+            if let Some(r) = record {
+                slot.last_attempt = r.last_attempt;
+                slot.last_failed = r.last_failed;
+                slot.err_len = copy_in(&mut slot.err, &r.err) as u16;
+            }
+            i
+        }
+    };
+    let slot = &mut l.slots_mut()[idx];
+    if decide(&slot.times(), need, now, lim) != Action::Fetch {
+        return Claim::Taken;
+    }
+    slot.prev_attempt = slot.last_attempt;
+    slot.prev_failed = slot.last_failed;
+    slot.fetching_since = now;
+    slot.fetcher_pid = my_pid();
+    slot.last_attempt = now;
+    slot.last_used_ms.store(now_ms(now), Ordering::Relaxed);
+    drop(l);
+    register_exit_callback();
+    Claim::Mine(now)
+}
+
+/// Give up a claim this backend made at `claimed_at` (the wait for the fetch was interrupted).
+fn abandon(src: &RemoteSource, claimed_at: f64) {
+    let pid = my_pid();
+    let mut l = Locked::exclusive();
+    if let Some(s) = l
+        .slots_mut()
+        .iter_mut()
+        .find(|s| s.holds(src) && s.fetcher_pid == pid && s.fetching_since == claimed_at)
+    {
+        s.release_claim();
+    }
+}
+
+/// Fetch for a slot this backend claimed, store the result there for everyone, and answer.
+fn fetch_for_slot(
+    src: &RemoteSource,
+    need: Need,
+    lim: &Limits,
+    claimed_at: f64,
+) -> Result<Option<Got>, String> {
+    let result = with_cleanup(
+        || fetch_interruptibly(src, timeout(lim)),
+        || abandon(src, claimed_at),
+    );
+    let now = claimed_at;
+    let pid = my_pid();
+    let outcome = {
+        let mut l = Locked::exclusive();
+        record_recent(
+            &mut l,
+            source_key(src),
+            now,
+            result.as_ref().err().map(String::as_str),
+        );
+        let mut bump = None;
+        let snapshot = l
+            .slots_mut()
+            .iter_mut()
+            .find(|s| s.holds(src) && s.fetcher_pid == pid && s.fetching_since == claimed_at)
+            .map(|slot| {
+                slot.fetching_since = 0.0;
+                slot.fetcher_pid = 0;
+                slot.fetches += 1;
+                slot.last_failed = result.is_err();
+                match &result {
+                    Ok(f) => {
+                        // fetch_jwks never returns more than MAX_BODY_BYTES.
+                        if text(&slot.body, slot.body_len as usize) != f.jwks {
+                            slot.body_len = copy_in(&mut slot.body, &f.jwks) as u32;
+                            bump = Some(());
+                        }
+                        slot.url_len = copy_in(&mut slot.url, &f.url) as u16;
+                        slot.err_len = 0;
+                        slot.fetched_at = now;
+                        slot.expires_at = now + lim.ttl;
+                    }
+                    Err(e) => slot.err_len = copy_in(&mut slot.err, e) as u16,
+                }
+                (slot.times(), slot.fetched_at)
+            });
+        if let Some(()) = bump {
+            let gen = l.next_gen();
+            if let Some(slot) = l.slots_mut().iter_mut().find(|s| s.holds(src)) {
+                slot.gen = gen;
+            }
+            header().epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        let gen = l.slots().iter().find(|s| s.holds(src)).map_or(0, |s| s.gen);
+        snapshot.map(|(t, fetched_at)| (t, fetched_at, gen))
+    };
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let e = l.entry(src.clone()).or_default();
+        e.last_attempt = now;
+        e.last_failed = result.is_err();
+        e.last_error = result.as_ref().err().cloned();
+    });
+    match (result, outcome) {
+        (Ok(f), Some((t, fetched_at, gen))) => {
+            let keys = adopt_shared(src, gen, Some(f.jwks), f.url, fetched_at, t.expires_at)?;
+            Ok(Some(Got {
+                keys,
+                until: t.expires_at,
+            }))
+        }
+        // The claim was lost meanwhile (presumed dead after the timeout): keep the result here.
+        (Ok(f), None) => finish_local(src, need, lim, now, Ok(f)),
+        (Err(e), _) if need == Need::Force => Err(e),
+        (Err(e), Some((t, fetched_at, _))) if t.usable(now, lim) => {
+            warn_stale(src, &e, fetched_at);
+            if need == Need::UnknownKid {
+                return Ok(None);
+            }
+            // Use what the slot holds (possibly parsed already).
+            match look(src, now) {
+                Ok(seen) => {
+                    let keys = adopt_shared(
+                        src,
+                        seen.gen,
+                        seen.body,
+                        seen.url,
+                        seen.fetched_at,
+                        seen.times.expires_at,
+                    )?;
+                    Ok(Some(Got {
+                        keys,
+                        until: t.until(now, lim),
+                    }))
+                }
+                Err(_) => Err("the cached keys were evicted".into()),
+            }
+        }
+        (Err(e), Some((t, fetched_at, _))) => Err(unusable(&e, &t, fetched_at, now, lim)),
+        (Err(e), None) => finish_local(src, need, lim, now, Err(e)),
+    }
+}
+
 /// Shared cache. `Ok(None)` from an unknown-kid request means "no refetch was made".
 fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<Got>, String> {
-    let timeout = lim.timeout.as_secs_f64();
-    let deadline = wall_clock() + timeout;
+    let deadline = wall_clock() + lim.timeout;
     let mut waited = false;
     loop {
         let now = wall_clock();
-        // Look under the shared lock; copy out the body only when it changed.
-        let seen = {
-            let cache = SHARED.share();
-            cache.slots.iter().find(|s| s.holds(src)).map(|s| {
-                let mine = local_gen(src);
-                let body = (mine != Some(s.gen) && s.body_len > 0)
-                    .then(|| text(&s.body, s.body_len as usize));
-                (
-                    s.times(),
-                    s.gen,
-                    body,
-                    text(&s.url, s.url_len as usize),
-                    s.fetched_at,
-                    text(&s.err, s.err_len as usize),
-                )
-            })
-        };
-        let times = seen.as_ref().map(|s| s.0).unwrap_or_default();
         // After waiting for another backend's fetch, take its result as this request's fetch.
         let need_now = if waited && need == Need::UnknownKid {
             Need::Keys
         } else {
             need
         };
-        match decide(&times, need_now, now, lim.min_refresh, timeout) {
+        let seen = match look(src, now) {
+            Ok(seen) => seen,
+            Err(record) => {
+                // No slot: this backend's own copy counts, and the shared fetch record keeps
+                // the rate limit. Fetching, take a slot if one can be had.
+                let (mut t, _, _) = local_times(src);
+                if let Some(r) = record.as_ref().filter(|r| r.last_attempt > t.last_attempt) {
+                    t.last_attempt = r.last_attempt;
+                    t.last_failed = r.last_failed;
+                }
+                if decide(&t, need_now, now, lim) != Action::Fetch {
+                    return obtain_local(src, need_now, lim, record);
+                }
+                match claim(src, need_now, now, lim) {
+                    Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
+                    Claim::Taken => continue,
+                    Claim::NoSlot(record) => return obtain_local(src, need_now, lim, record),
+                }
+            }
+        };
+        match decide(&seen.times, need_now, now, lim) {
             Action::Use if need == Need::UnknownKid && !waited => return Ok(None),
             Action::Use => {
-                let (t, gen, body, url, fetched_at, _) = seen.expect("Use implies a slot");
-                let keys = adopt_shared(src, gen, body, url, fetched_at, t.expires_at)?;
-                let until = if now < t.expires_at {
-                    t.expires_at
-                } else {
-                    now + lim.min_refresh
-                };
-                return Ok(Some(Got { keys, until }));
+                let keys = adopt_shared(
+                    src,
+                    seen.gen,
+                    seen.body,
+                    seen.url,
+                    seen.fetched_at,
+                    seen.times.expires_at,
+                )?;
+                return Ok(Some(Got {
+                    keys,
+                    until: seen.times.until(now, lim),
+                }));
             }
             Action::Refuse => {
-                let err = seen
-                    .map(|s| s.5)
+                let err = Some(seen.err)
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "no keys yet".into());
-                return Err(err);
+                return Err(unusable(&err, &seen.times, seen.fetched_at, now, lim));
             }
             Action::Wait => {
                 if now >= deadline {
                     return Err("timed out waiting for another session's fetch".into());
                 }
                 waited = true;
-                std::thread::sleep(Duration::from_millis(10));
-                pgrx::check_for_interrupts!();
+                pause(10);
                 continue;
             }
             Action::Fetch => {}
         }
-        // Claim the fetch under the exclusive lock, re-deciding: another backend may have won.
-        let claimed = {
-            let mut cache = SHARED.exclusive();
-            let idx = match cache.slots.iter().position(|s| s.holds(src)) {
-                Some(i) => Some(i),
-                None => {
-                    let free = cache.slots.iter().position(|s| !s.used).or_else(|| {
-                        cache
-                            .slots
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, s)| {
-                                s.fetching_since == 0.0 || now - s.fetching_since > timeout + 1.0
-                            })
-                            .min_by(|a, b| a.1.last_used.total_cmp(&b.1.last_used))
-                            .map(|(i, _)| i)
-                    });
-                    if let Some(i) = free {
-                        cache.next_gen += 1;
-                        let gen = cache.next_gen;
-                        cache.slots[i].claim(src, gen);
-                    }
-                    free
-                }
-            };
-            match idx {
-                None => None,
-                Some(i) => {
-                    let slot = &mut cache.slots[i];
-                    if decide(&slot.times(), need_now, now, lim.min_refresh, timeout)
-                        == Action::Fetch
-                    {
-                        slot.fetching_since = now;
-                        slot.last_attempt = now;
-                        slot.last_used = now;
-                        Some(true)
-                    } else {
-                        Some(false)
-                    }
-                }
-            }
-        };
-        match claimed {
-            None => return obtain_local(src, need, lim), // every slot busy: fetch on our own
-            Some(false) => continue,                     // someone else got there first
-            Some(true) => {}
+        match claim(src, need_now, now, lim) {
+            Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
+            Claim::Taken => continue,
+            Claim::NoSlot(record) => return obtain_local(src, need_now, lim, record),
         }
-        let result = fetch_jwks(src, lim.timeout);
-        let outcome = {
-            let mut guard = SHARED.exclusive();
-            let SharedCache { slots, next_gen } = &mut *guard;
-            match slots.iter_mut().find(|s| s.holds(src)) {
-                None => None, // evicted while we fetched; keep the result for ourselves below
-                Some(slot) => {
-                    slot.fetching_since = 0.0;
-                    slot.fetches += 1;
-                    match &result {
-                        Ok(f) => {
-                            // fetch_jwks never returns more than MAX_BODY_BYTES.
-                            if text(&slot.body, slot.body_len as usize) != f.jwks {
-                                slot.body_len = copy_in(&mut slot.body, &f.jwks) as u32;
-                                *next_gen += 1;
-                                slot.gen = *next_gen;
-                                SHARED_EPOCH.get().fetch_add(1, Ordering::Relaxed);
-                            }
-                            slot.url_len = copy_in(&mut slot.url, &f.url) as u16;
-                            slot.err_len = 0;
-                            slot.fetched_at = now;
-                            slot.expires_at = now + lim.ttl;
-                        }
-                        Err(e) => slot.err_len = copy_in(&mut slot.err, e) as u16,
-                    }
-                    Some((
-                        slot.gen,
-                        slot.body_len > 0,
-                        slot.fetched_at,
-                        slot.expires_at,
-                    ))
-                }
-            }
-        };
-        return match (result, outcome) {
-            (Ok(f), Some((gen, _, fetched_at, expires_at))) => {
-                let keys = adopt_shared(src, gen, Some(f.jwks), f.url, fetched_at, expires_at)?;
-                Ok(Some(Got {
-                    keys,
-                    until: expires_at,
-                }))
-            }
-            (Ok(f), None) => {
-                let keys = adopt_shared(src, 0, Some(f.jwks), f.url, now, now + lim.ttl)?;
-                Ok(Some(Got {
-                    keys,
-                    until: now + lim.ttl,
-                }))
-            }
-            (Err(e), Some((_, true, fetched_at, _))) if need != Need::Force => {
-                warn_stale(src, &e, fetched_at);
-                if need == Need::UnknownKid {
-                    return Ok(None);
-                }
-                // Use what the slot holds (possibly parsed already).
-                continue_with_stale(src, lim, now)
-            }
-            (Err(e), _) => Err(e),
-        };
-    }
-}
-
-fn continue_with_stale(src: &RemoteSource, lim: &Limits, now: f64) -> Result<Option<Got>, String> {
-    let seen = {
-        let cache = SHARED.share();
-        cache.slots.iter().find(|s| s.holds(src)).map(|s| {
-            let body = (local_gen(src) != Some(s.gen)).then(|| text(&s.body, s.body_len as usize));
-            (
-                s.gen,
-                body,
-                text(&s.url, s.url_len as usize),
-                s.fetched_at,
-                s.expires_at,
-            )
-        })
-    };
-    match seen {
-        Some((gen, body, url, fetched_at, expires_at)) => {
-            let keys = adopt_shared(src, gen, body, url, fetched_at, expires_at)?;
-            Ok(Some(Got {
-                keys,
-                until: now + lim.min_refresh,
-            }))
-        }
-        None => Err("the cached keys were evicted".into()),
     }
 }
 
@@ -521,7 +1061,7 @@ fn obtain(src: &RemoteSource, need: Need) -> Result<Option<Got>, String> {
     if shared_mode() && src.label().len() <= LABEL_BYTES {
         obtain_shared(src, need, &lim)
     } else {
-        obtain_local(src, need, &lim)
+        obtain_local(src, need, &lim, None)
     }
 }
 
@@ -540,7 +1080,7 @@ impl Default for Source {
 }
 
 impl KeySource for Source {
-    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<Vec<Key>>, String> {
+    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<KeySet>, String> {
         match obtain(src, Need::Keys)? {
             Some(g) => {
                 self.until = self.until.min(g.until);
@@ -550,7 +1090,7 @@ impl KeySource for Source {
         }
     }
 
-    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<Vec<Key>>> {
+    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<KeySet>> {
         match obtain(src, Need::UnknownKid) {
             Ok(Some(g)) => {
                 self.until = self.until.min(g.until);
@@ -564,7 +1104,7 @@ impl KeySource for Source {
 /// `refresh_jwks()`: fetch now. Returns the number of keys loaded, or the fetch error.
 pub fn refresh(src: &RemoteSource) -> Result<usize, String> {
     match obtain(src, Need::Force)? {
-        Some(g) => Ok(g.keys.len()),
+        Some(g) => Ok(g.keys.keys.len()),
         None => Err("no keys".into()),
     }
 }
@@ -572,26 +1112,35 @@ pub fn refresh(src: &RemoteSource) -> Result<usize, String> {
 /// What `jwks_status()` shows for one source.
 pub struct Status {
     pub keys: i32,
+    pub ignored: Vec<String>,
     pub fetched_at: Option<f64>,
     pub expires_at: Option<f64>,
     pub last_error: Option<String>,
 }
 
+fn status_of(
+    set: Option<&KeySet>,
+    fetched_at: f64,
+    expires_at: f64,
+    err: Option<String>,
+) -> Status {
+    Status {
+        keys: set.map_or(0, |s| i32::try_from(s.keys.len()).unwrap_or(i32::MAX)),
+        ignored: set.map_or_else(Vec::new, |s| {
+            s.ignored.iter().map(ToString::to_string).collect()
+        }),
+        fetched_at: (fetched_at > 0.0).then_some(fetched_at),
+        expires_at: (expires_at > 0.0).then_some(expires_at),
+        last_error: err,
+    }
+}
+
 pub fn status(src: &RemoteSource) -> Status {
-    let local = LOCAL.with(|l| {
-        l.borrow().get(src).map(|e| Status {
-            keys: e.keys.len() as i32,
-            fetched_at: (e.fetched_at > 0.0).then_some(e.fetched_at),
-            expires_at: (e.expires_at > 0.0).then_some(e.expires_at),
-            last_error: e.last_error.clone(),
-        })
-    });
     if shared_mode() && src.label().len() <= LABEL_BYTES {
         let seen = {
-            let cache = SHARED.share();
-            cache.slots.iter().find(|s| s.holds(src)).map(|s| {
+            let l = Locked::share();
+            l.slots().iter().find(|s| s.holds(src)).map(|s| {
                 (
-                    s.gen,
                     text(&s.body, s.body_len as usize),
                     s.fetched_at,
                     s.expires_at,
@@ -599,26 +1148,24 @@ pub fn status(src: &RemoteSource) -> Status {
                 )
             })
         };
-        if let Some((_, body, fetched_at, expires_at, last_error)) = seen {
-            let keys = if body.is_empty() {
-                0
-            } else {
-                parse_jwks(&body, false)
-                    .map(|s| s.keys.len() as i32)
-                    .unwrap_or(0)
-            };
-            return Status {
-                keys,
-                fetched_at: (fetched_at > 0.0).then_some(fetched_at),
-                expires_at: (expires_at > 0.0).then_some(expires_at),
-                last_error,
-            };
+        if let Some((body, fetched_at, expires_at, last_error)) = seen {
+            let set = (!body.is_empty())
+                .then(|| parse_jwks(&body, false).ok())
+                .flatten();
+            return status_of(set.as_ref(), fetched_at, expires_at, last_error);
         }
     }
-    local.unwrap_or(Status {
-        keys: 0,
-        fetched_at: None,
-        expires_at: None,
-        last_error: None,
+    LOCAL.with(|l| {
+        l.borrow().get(src).map_or_else(
+            || status_of(None, 0.0, 0.0, None),
+            |e| {
+                status_of(
+                    (!e.body.is_empty()).then_some(&*e.keys),
+                    e.fetched_at,
+                    e.expires_at,
+                    e.last_error.clone(),
+                )
+            },
+        )
     })
 }

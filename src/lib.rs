@@ -232,7 +232,8 @@ fn refresh_jwks() -> i32 {
     i32::try_from(loaded).unwrap_or(i32::MAX)
 }
 
-/// One row per key source of the current configuration: what is cached and how it went.
+/// One row per key source of the current configuration: what is cached and how it went, the
+/// keys of the set that are ignored (and why), and what is unsafe about the provider's rules.
 #[pg_extern(volatile, parallel_restricted)]
 #[allow(clippy::type_complexity)]
 fn jwks_status() -> TableIterator<
@@ -244,12 +245,15 @@ fn jwks_status() -> TableIterator<
         name!(fetched_at, Option<TimestampWithTimeZone>),
         name!(expires_at, Option<TimestampWithTimeZone>),
         name!(last_error, Option<String>),
+        name!(ignored_keys, Vec<String>),
+        name!(warning, Option<String>),
     ),
 > {
     let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
     let mut rows = Vec::new();
     for p in &config.providers {
-        if !p.keys.is_empty() {
+        let warning = p.audience_warning();
+        if !p.keys.is_empty() || !p.ignored.is_empty() {
             let n = i32::try_from(p.keys.len()).unwrap_or(i32::MAX);
             rows.push((
                 issuer_label(p),
@@ -258,6 +262,8 @@ fn jwks_status() -> TableIterator<
                 None,
                 None,
                 None,
+                p.ignored.iter().map(ToString::to_string).collect(),
+                warning.clone(),
             ));
         }
         if let Some(src) = &p.remote {
@@ -269,6 +275,8 @@ fn jwks_status() -> TableIterator<
                 st.fetched_at.map(pgrx::datetime::to_timestamp),
                 st.expires_at.map(pgrx::datetime::to_timestamp),
                 st.last_error,
+                st.ignored,
+                warning,
             ));
         }
     }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use std::rc::Rc;
 
 use crate::error::{quote, Check, ConfigError, Error, Refusal};
-use crate::keys::{parse_algorithm, parse_jwks, Key};
+use crate::keys::{parse_algorithm, parse_jwks, Ignored, Key, KeySet};
 use crate::token::parse;
 use crate::verify::{self, split_list, ExplainRow, Policy, Verified};
 
@@ -42,6 +42,8 @@ pub struct Provider {
     pub audiences: Vec<String>,
     /// Keys known without fetching: an inline JWKS and/or an HMAC secret.
     pub keys: Vec<Key>,
+    /// Keys of the inline JWKS that cannot be used, and why.
+    pub ignored: Vec<Ignored>,
     pub remote: Option<RemoteSource>,
     pub algorithms: Option<Vec<Algorithm>>,
     /// Issuers, audiences, leeway and `sub` rule together, as the checks take them.
@@ -55,6 +57,22 @@ impl Provider {
             None => "(any issuer)".into(),
         }
     }
+
+    /// What is unsafe about this provider's rules, for `jwks_status()`: no audience means a token
+    /// the issuer made for any other application or API of the same account is accepted too
+    /// (RFC 8725 §3.9).
+    pub fn audience_warning(&self) -> Option<String> {
+        self.audiences.is_empty().then(|| {
+            format!(
+                "no audience is configured: tokens {} issues for any application or API are accepted; set kinde_rls.audience (or the provider's audience)",
+                if self.issuers.is_empty() {
+                    "any issuer".to_string()
+                } else {
+                    quote(&self.name())
+                }
+            )
+        })
+    }
 }
 
 /// The settings as text, the way the extension reads them.
@@ -66,6 +84,9 @@ pub struct Settings<'a> {
     pub jwks: Option<&'a str>,
     pub jwks_url: Option<&'a str>,
     pub secret: Option<&'a str>,
+    /// Where `secret` came from, for error messages: `kinde_rls.secret` (the default) or
+    /// `kinde_rls.secret_file`.
+    pub secret_source: Option<&'a str>,
     pub providers: Option<&'a str>,
     pub leeway: i64,
     pub require_sub: bool,
@@ -79,15 +100,22 @@ pub struct Config {
     pub require_sub: bool,
 }
 
+/// An HMAC key from a setting, through the one rule for secrets ([`crate::keys::check_hmac_secret`]).
 fn hmac_key(secret: &str, setting: &str) -> Result<Key, ConfigError> {
-    if secret.len() < 32 {
-        return Err(ConfigError::new(
+    crate::keys::hmac_key(secret, 32).map_err(|p| {
+        ConfigError::new(
             setting,
-            format!("{setting} is {} bytes; HMAC secrets must be at least 32 bytes", secret.len()),
-            format!("Set {setting} to the full client secret (RFC 7518 §3.2 requires a secret as long as the hash)."),
-        ));
-    }
-    Ok(Key::hmac(secret.as_bytes()))
+            p.describe(setting),
+            match p {
+                crate::keys::SecretProblem::KeyMaterial(_) => format!(
+                    "Set {setting} to the HMAC secret (the Kinde client secret); public keys belong in kinde_rls.jwks, or let kinde_rls.domain fetch them."
+                ),
+                crate::keys::SecretProblem::TooShort(_) => format!(
+                    "Set {setting} to the full client secret (RFC 7518 §3.2 requires a secret as long as the hash)."
+                ),
+            },
+        )
+    })
 }
 
 /// Check a key URL: `https://`, or `http://` to a loopback address (for tests).
@@ -188,20 +216,22 @@ impl Config {
 }
 
 fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
-    let mut keys = Vec::new();
+    let mut set = KeySet::default();
     if let Some(jwks) = s.jwks.filter(|j| !j.trim().is_empty()) {
-        keys = parse_jwks(jwks, false)
-            .map_err(|e| {
-                ConfigError::new(
-                    "kinde_rls.jwks",
-                    format!("kinde_rls.jwks cannot be used: {e}"),
-                    "Set kinde_rls.jwks to the JSON of the issuer's JWKS ({\"keys\": [...]}) or of one public JWK.",
-                )
-            })?
-            .keys;
+        set = parse_jwks(jwks, false).map_err(|e| {
+            ConfigError::new(
+                "kinde_rls.jwks",
+                format!("kinde_rls.jwks cannot be used: {e}"),
+                "Set kinde_rls.jwks to the JSON of the issuer's JWKS ({\"keys\": [...]}) or of one public JWK.",
+            )
+        })?;
     }
+    let KeySet { mut keys, ignored } = set;
     if let Some(secret) = s.secret.filter(|x| !x.is_empty()) {
-        keys.push(hmac_key(secret, "kinde_rls.secret")?);
+        keys.push(hmac_key(
+            secret,
+            s.secret_source.unwrap_or("kinde_rls.secret"),
+        )?);
     }
     let domain = s.domain.map(normalize_domain).filter(|d| !d.is_empty());
     if let Some(d) = &domain {
@@ -225,6 +255,7 @@ fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
         issuers,
         audiences: split_list(s.audience),
         keys,
+        ignored,
         remote,
         algorithms: None,
         policy: Policy::default(),
@@ -306,12 +337,10 @@ fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
         if out.iter().any(|p| p.issuers.contains(&issuer)) {
             return Err(err(format!("issuer {} is listed twice", quote(&issuer))));
         }
-        let keys = match o.get("jwks") {
-            None | Some(Value::Null) => vec![],
+        let KeySet { keys, ignored } = match o.get("jwks") {
+            None | Some(Value::Null) => KeySet::default(),
             Some(v @ Value::Object(_)) => {
-                parse_jwks(&v.to_string(), false)
-                    .map_err(|e| err(format!("jwks: {e}")))?
-                    .keys
+                parse_jwks(&v.to_string(), false).map_err(|e| err(format!("jwks: {e}")))?
             }
             Some(_) => return Err(err("jwks must be a JWKS object".into())),
         };
@@ -345,6 +374,7 @@ fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
             issuers: vec![issuer],
             audiences,
             keys,
+            ignored,
             remote,
             algorithms,
             policy: Policy::default(),
@@ -357,19 +387,19 @@ fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
 /// in shared memory); tests implement it with a map.
 pub trait KeySource {
     /// The keys for `src`, fetching them if nothing usable is cached.
-    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<Vec<Key>>, String>;
+    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<KeySet>, String>;
     /// A token named a `kid` we do not know: refetch if the rate limit allows; `None` if not.
-    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<Vec<Key>>>;
+    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<KeySet>>;
 }
 
 /// A source with nothing behind it.
 pub struct NoRemote;
 
 impl KeySource for NoRemote {
-    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<Vec<Key>>, String> {
+    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<KeySet>, String> {
         Err(format!("keys from {} are not available here", src.label()))
     }
-    fn refresh_for_unknown_kid(&mut self, _: &RemoteSource) -> Option<Rc<Vec<Key>>> {
+    fn refresh_for_unknown_kid(&mut self, _: &RemoteSource) -> Option<Rc<KeySet>> {
         None
     }
 }
@@ -406,6 +436,36 @@ fn check_provider_algorithm(p: &Provider, alg: Algorithm) -> Result<(), Refusal>
     }
 }
 
+/// A refusal for a `kid` the provider's keys do not have says so plainly when the key set held
+/// that `kid` but ignored it (a weak, malformed or private key): the issuer's problem, not
+/// the token's.
+fn with_ignored(r: Refusal, p: &Provider, fetched: Option<&KeySet>, kid: Option<&str>) -> Refusal {
+    let Some(kid) = kid.filter(|_| r.check == Check::Key) else {
+        return r;
+    };
+    let found = p
+        .ignored
+        .iter()
+        .find(|i| i.kid.as_deref() == Some(kid))
+        .map(|i| (i, "kinde_rls.jwks".to_string()))
+        .or_else(|| {
+            let src = p.remote.as_ref()?;
+            Some((fetched?.ignored_kid(kid)?, src.label().to_string()))
+        });
+    match found {
+        Some((i, from)) => Refusal::new(
+            Check::Key,
+            format!(
+                "the key with kid {} in the key set of {} ({from}) is ignored: {}",
+                quote(kid),
+                quote(&p.name()),
+                i.reason
+            ),
+        ),
+        None => r,
+    }
+}
+
 /// Run `f` on the provider's candidate keys for this token: its own keys plus the fetched set,
 /// borrowed, not copied. When the token names a `kid` nobody has, the issuer may have rotated
 /// its keys: refetch once (rate-limited by the source) and select again.
@@ -427,7 +487,7 @@ fn with_candidates<T>(
     let refs: Vec<&Key> = p
         .keys
         .iter()
-        .chain(remote.iter().flat_map(|r| r.iter()))
+        .chain(remote.iter().flat_map(|r| r.keys.iter()))
         .collect();
     if refs.is_empty() {
         return Err(no_keys_refusal(p, fetch_error.as_deref()));
@@ -435,10 +495,17 @@ fn with_candidates<T>(
     match verify::select_key_refs(&refs, alg, kid) {
         Ok(candidates) => f(&candidates),
         Err(r) if r.check == Check::Key && kid.is_some() => {
-            let Some(src) = &p.remote else { return Err(r) };
-            let fresh = source.refresh_for_unknown_kid(src).ok_or(r)?;
-            let refs: Vec<&Key> = p.keys.iter().chain(fresh.iter()).collect();
-            f(&verify::select_key_refs(&refs, alg, kid)?)
+            let Some(src) = &p.remote else {
+                return Err(with_ignored(r, p, None, kid));
+            };
+            let Some(fresh) = source.refresh_for_unknown_kid(src) else {
+                return Err(with_ignored(r, p, remote.as_deref(), kid));
+            };
+            let refs: Vec<&Key> = p.keys.iter().chain(fresh.keys.iter()).collect();
+            match verify::select_key_refs(&refs, alg, kid) {
+                Ok(candidates) => f(&candidates),
+                Err(r) => Err(with_ignored(r, p, Some(&fresh), kid)),
+            }
         }
         Err(r) => Err(r),
     }
@@ -651,5 +718,63 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.setting, "kinde_rls.providers", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_secret_that_is_key_material_names_its_setting() {
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n-----END PUBLIC KEY-----\n";
+        for (source, expected) in [
+            (None, "kinde_rls.secret"),
+            (Some("kinde_rls.secret_file"), "kinde_rls.secret_file"),
+        ] {
+            let e = Config::from_settings(&Settings {
+                secret: Some(pem),
+                secret_source: source,
+                ..settings()
+            })
+            .unwrap_err();
+            assert_eq!(e.setting, expected);
+            assert!(
+                e.message
+                    .starts_with(&format!("{expected} holds a PEM key")),
+                "{}",
+                e.message
+            );
+            assert!(e.hint.contains(expected), "{}", e.hint);
+        }
+        let e = Config::from_settings(&Settings {
+            secret: Some("short-secret"),
+            ..settings()
+        })
+        .unwrap_err();
+        assert!(!e.message.contains("12"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_ignored_kid_is_named_in_the_refusal() {
+        let jwks = r#"{"keys":[{"kty":"RSA","kid":"weak","n":"AQAB","e":"AQAB"},
+            {"kty":"OKP","crv":"Ed25519","kid":"good","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        let c = Config::from_settings(&Settings {
+            jwks: Some(jwks),
+            issuer: Some("https://acme.kinde.com"),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.providers[0].ignored.len(), 1);
+        let header = crate::token::b64_encode(br#"{"alg":"RS256","kid":"weak"}"#);
+        let payload = crate::token::b64_encode(
+            br#"{"iss":"https://acme.kinde.com","sub":"a","exp":99999999999}"#,
+        );
+        let t = format!("{header}.{payload}.c2ln");
+        let e = verify_configured(&t, &c, 0, &mut NoRemote).unwrap_err();
+        let Error::Refused(r) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(r.check, Check::Key);
+        assert!(
+            r.detail.contains(r#"kid "weak""#) && r.detail.contains("is ignored: the RSA key has"),
+            "{}",
+            r.detail
+        );
     }
 }

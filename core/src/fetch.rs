@@ -1,7 +1,9 @@
 //! Fetching an issuer's keys over HTTP(S), bounded in every dimension an issuer could abuse.
 //!
 //! - `https://` only, certificates checked against the system's roots (rustls with the
-//!   platform verifier); plain `http://` only to loopback addresses, for tests.
+//!   platform verifier); plain `http://` only to loopback addresses, for tests, and only when
+//!   the configured URL itself is plain loopback `http://`: a redirect or a discovery
+//!   `jwks_uri` never takes an `https://` source to `http://`.
 //! - One deadline for the whole operation (discovery plus JWKS, redirects included).
 //! - At most [`MAX_BODY_BYTES`] read from any response; at most [`MAX_REDIRECTS`] redirects,
 //!   each target held to the same URL rule.
@@ -40,6 +42,21 @@ pub fn url_allowed(url: &str) -> Result<(), String> {
     }
 }
 
+/// May a fetch that started at `origin` (the configured URL) go on to `next` (a redirect target
+/// or discovery's `jwks_uri`)? `next` must pass [`url_allowed`], and an `https://` origin never
+/// leads to plain `http://`: that would drop the certificate check half way.
+pub fn hop_allowed(origin: &str, next: &str) -> Result<(), String> {
+    url_allowed(next)?;
+    let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if scheme(origin).as_deref() != Some("http") && scheme(next).as_deref() == Some("http") {
+        return Err(format!(
+            "{} is plain http:// but the configured source is https://; it is not followed",
+            crate::error::quote(next)
+        ));
+    }
+    Ok(())
+}
+
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     if h.eq_ignore_ascii_case("localhost") {
@@ -65,15 +82,33 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .new_agent()
 }
 
+/// Why a GET failed: the status when the server answered with one, for discovery's "no document
+/// here" (404), which is the one failure that means "fall back".
+#[derive(Debug)]
+pub struct GetError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl From<String> for GetError {
+    fn from(message: String) -> Self {
+        GetError {
+            status: None,
+            message,
+        }
+    }
+}
+
 /// GET `url` and return its body as text, following redirects by hand so that each hop obeys
-/// [`url_allowed`]. Errors are short sentences for logs and `jwks_status()`.
-pub fn get(url: &str, deadline: Instant) -> Result<String, String> {
+/// [`hop_allowed`] from `origin` (the configured URL). Errors are short sentences for logs and
+/// `jwks_status()`.
+pub fn get(url: &str, origin: &str, deadline: Instant) -> Result<String, GetError> {
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
-        url_allowed(&url)?;
+        hop_allowed(origin, &url)?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("timed out".into());
+            return Err(GetError::from("timed out".to_string()));
         }
         let mut resp = agent(left).get(&url).call().map_err(|e| match e {
             ureq::Error::Timeout(_) => "timed out".to_string(),
@@ -90,7 +125,10 @@ pub fn get(url: &str, deadline: Instant) -> Result<String, String> {
             continue;
         }
         if status != 200 {
-            return Err(format!("HTTP {status}"));
+            return Err(GetError {
+                status: Some(status),
+                message: format!("HTTP {status}"),
+            });
         }
         return resp
             .body_mut()
@@ -103,9 +141,12 @@ pub fn get(url: &str, deadline: Instant) -> Result<String, String> {
                 }
                 ureq::Error::Timeout(_) => "timed out".to_string(),
                 other => format!("reading the response failed: {other}"),
-            });
+            })
+            .map_err(GetError::from);
     }
-    Err(format!("more than {MAX_REDIRECTS} redirects"))
+    Err(GetError::from(format!(
+        "more than {MAX_REDIRECTS} redirects"
+    )))
 }
 
 /// Resolve a Location header against the URL it came from (absolute, or absolute-path).
@@ -135,36 +176,46 @@ pub struct Fetched {
 /// Fetch a source's JWKS within `timeout`, validating it before returning.
 pub fn fetch_jwks(src: &RemoteSource, timeout: Duration) -> Result<Fetched, String> {
     let deadline = Instant::now() + timeout;
-    let url = match src {
-        RemoteSource::Jwks(u) => u.clone(),
-        RemoteSource::Discovery(domain) => discover(domain, deadline)?,
+    let (url, origin) = match src {
+        RemoteSource::Jwks(u) => (u.clone(), u.as_str()),
+        RemoteSource::Discovery(domain) => (discover(domain, deadline)?, domain.as_str()),
     };
-    let text = get(&url, deadline)?;
+    let text = get(&url, origin, deadline).map_err(|e| e.message)?;
     parse_jwks(&text, false).map_err(|e| format!("the JWKS at {url} cannot be used: {e}"))?;
     Ok(Fetched { jwks: text, url })
 }
 
-/// OIDC discovery: `jwks_uri` from the issuer's configuration, else Kinde's `/.well-known/jwks`.
+/// OpenID Connect Discovery: `jwks_uri` from `<domain>/.well-known/openid-configuration`, whose
+/// `issuer` must be the domain itself (Discovery §4.3: otherwise the document speaks for
+/// someone else and its keys are not used). Only when there is no document at all (404) does
+/// it fall back to Kinde's `<domain>/.well-known/jwks`; any other failure is an error.
 fn discover(domain: &str, deadline: Instant) -> Result<String, String> {
-    let fallback = format!("{domain}/.well-known/jwks");
-    let doc = match get(
-        &format!("{domain}/.well-known/openid-configuration"),
-        deadline,
-    ) {
+    let config_url = format!("{domain}/.well-known/openid-configuration");
+    let doc = match get(&config_url, domain, deadline) {
         Ok(d) => d,
-        Err(e) if e == "timed out" => return Err(e),
-        Err(_) => return Ok(fallback),
+        Err(GetError {
+            status: Some(404), ..
+        }) => return Ok(format!("{domain}/.well-known/jwks")),
+        Err(e) => return Err(format!("discovery ({config_url}) failed: {}", e.message)),
     };
-    let uri = serde_json::from_str::<serde_json::Value>(&doc)
-        .ok()
-        .and_then(|v| v.get("jwks_uri").and_then(|u| u.as_str()).map(String::from));
-    match uri {
-        Some(u) => {
-            url_allowed(&u).map_err(|e| format!("discovery's jwks_uri cannot be used: {e}"))?;
-            Ok(u)
-        }
-        None => Ok(fallback),
+    let doc: serde_json::Value = serde_json::from_str(&doc)
+        .map_err(|_| format!("the discovery document at {config_url} is not JSON"))?;
+    let issuer = doc.get("issuer").and_then(|i| i.as_str()).ok_or_else(|| {
+        format!("the discovery document at {config_url} has no issuer (OpenID Connect Discovery §4.3); its keys are not used")
+    })?;
+    if crate::config::normalize_domain(issuer) != domain {
+        return Err(format!(
+            "the discovery document at {config_url} names issuer {}, not {} (OpenID Connect Discovery §4.3 requires them to be equal); its keys are not used",
+            crate::error::quote(issuer),
+            crate::error::quote(domain)
+        ));
     }
+    let uri = doc
+        .get("jwks_uri")
+        .and_then(|u| u.as_str())
+        .ok_or_else(|| format!("the discovery document at {config_url} has no jwks_uri"))?;
+    hop_allowed(domain, uri).map_err(|e| format!("discovery's jwks_uri cannot be used: {e}"))?;
+    Ok(uri.to_string())
 }
 
 #[cfg(test)]
@@ -280,5 +331,65 @@ mod tests {
         assert!(url_allowed("http://127.0.0.2:1/x").is_ok());
         assert!(url_allowed("http://192.168.1.1/x").is_err());
         assert!(url_allowed("file:///etc/passwd").is_err());
+    }
+
+    fn discovery(issuer: &str, jwks_uri: &str) -> String {
+        ok(&format!(
+            r#"{{"issuer":"{issuer}","jwks_uri":"{jwks_uri}"}}"#
+        ))
+    }
+
+    #[test]
+    fn discovery_issuer_must_be_the_domain() {
+        // The listener's address is known only after binding: serve a document naming another
+        // issuer, then one naming the right one.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let responses = vec![
+            discovery("https://evil.example", &format!("{base}/jwks")),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_string(),
+            discovery(&format!("{base}/"), &format!("{base}/jwks")),
+            ok(JWKS),
+        ];
+        std::thread::spawn(move || {
+            for r in responses {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(r.as_bytes());
+            }
+        });
+        let src = RemoteSource::Discovery(base.clone());
+        let e = fetch_jwks(&src, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains(r#"names issuer "https://evil.example""#), "{e}");
+        assert!(e.contains("keys are not used"), "{e}");
+        let e = fetch_jwks(&src, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("has no issuer"), "{e}");
+        // A trailing slash is the same issuer.
+        let f = fetch_jwks(&src, Duration::from_secs(2)).unwrap();
+        assert_eq!(f.url, format!("{base}/jwks"));
+    }
+
+    #[test]
+    fn discovery_errors_other_than_404_do_not_fall_back() {
+        let base = serve(vec![
+            "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+        ]);
+        let e = fetch_jwks(&RemoteSource::Discovery(base), Duration::from_secs(2)).unwrap_err();
+        assert!(
+            e.starts_with("discovery (") && e.ends_with("failed: HTTP 500"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn https_never_leads_to_http() {
+        assert!(hop_allowed("https://acme.kinde.com", "https://cdn.kinde.com/jwks").is_ok());
+        let e = hop_allowed("https://acme.kinde.com", "http://127.0.0.1:8080/jwks").unwrap_err();
+        assert!(e.contains("configured source is https://"), "{e}");
+        assert!(hop_allowed("HTTPS://acme.kinde.com", "HTTP://localhost/jwks").is_err());
+        assert!(hop_allowed("http://127.0.0.1:1", "http://localhost:2/jwks").is_ok());
+        assert!(hop_allowed("http://127.0.0.1:1", "https://acme.kinde.com/jwks").is_ok());
+        assert!(hop_allowed("http://127.0.0.1:1", "http://10.0.0.1/jwks").is_err());
     }
 }

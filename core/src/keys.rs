@@ -114,7 +114,9 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    pub fn hmac(secret: &[u8]) -> Key {
+    /// An HMAC key from bytes that already passed [`check_hmac_secret`] (or came from an
+    /// explicit `oct` JWK). Not public: every secret enters through the one rule.
+    pub(crate) fn hmac(secret: &[u8]) -> Key {
         Key {
             kid: None,
             kind: KeyKind::Hmac,
@@ -153,11 +155,11 @@ impl Key {
             }
         }
         if self.kind == KeyKind::Hmac && self.bits / 8 < min_hmac_bytes(alg) {
+            // Never say how long the secret is: that narrows a brute-force search.
             return Err(format!(
-                "{} needs a secret of at least {} bytes, the configured one has {}",
+                "{} needs a secret of at least {} bytes; the configured secret is shorter",
                 algorithm_name(alg),
                 min_hmac_bytes(alg),
-                self.bits / 8
             ));
         }
         Ok(())
@@ -250,6 +252,9 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
             DecodingKeyKind::SecretOrDer(point) if point.len() == 97 => KeyKind::EcP384,
             _ => return Err("unsupported EC curve (P-256 and P-384 are supported)".into()),
         };
+        if let DecodingKeyKind::SecretOrDer(point) = k.kind() {
+            check_ec_point(kind, point)?;
+        }
         let bits = if kind == KeyKind::EcP256 { 256 } else { 384 };
         return Ok(Key {
             kid: None,
@@ -283,46 +288,90 @@ fn jwk_bytes(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
     b64_decode(jwk_str(jwk, name)?, name).map_err(|r| r.detail)
 }
 
-/// Outcome of reading one JWK: a key, a key we deliberately pass over (wrong use, unsupported
-/// type), or an error in a key that claims to be a supported signing key.
-pub enum JwkOutcome {
-    Key(Key),
-    Skipped(String),
+/// An EC public key must be a point on its curve: an off-curve point (invalid-curve attacks,
+/// or plain corruption) is refused when the key is read, not when a token meets it.
+fn check_ec_point(kind: KeyKind, point: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED};
+    let alg = match kind {
+        KeyKind::EcP256 => &ECDSA_P256_SHA256_FIXED,
+        KeyKind::EcP384 => &ECDSA_P384_SHA384_FIXED,
+        _ => return Ok(()),
+    };
+    ParsedPublicKey::new(alg, point)
+        .map(|_| ())
+        .map_err(|_| format!("the {} is not a point on its curve", kind.name()))
 }
 
-/// One JWK (RFC 7517) as a JSON object. `allow_oct` admits symmetric (`kty: oct`) keys, which
-/// only an explicit key argument may use: a published JWKS must never hold secrets.
-pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutcome, String> {
+/// Members that only a private (or symmetric) key has. A published key with any of them leaked
+/// its private half: it is never used.
+const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// Does the JWK say it may verify signatures? `use` (RFC 7517 §4.2) must be `sig` when present,
+/// and `key_ops` (§4.3) must list `verify` when present; both present must agree.
+fn check_jwk_purpose(jwk: &Map<String, Value>) -> Result<(), String> {
+    match jwk.get("use") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(u)) if u == "sig" => {}
+        Some(Value::String(u)) => return Err(format!("use {} is not \"sig\"", quote(u))),
+        Some(_) => return Err("member use is not a string".into()),
+    }
+    match jwk.get("key_ops") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(ops)) => {
+            let mut names: Vec<&str> = Vec::with_capacity(ops.len());
+            for op in ops {
+                let Value::String(op) = op else {
+                    return Err("member key_ops holds a value that is not a string".into());
+                };
+                if names.contains(&op.as_str()) {
+                    return Err(format!("member key_ops lists {} twice", quote(op)));
+                }
+                names.push(op);
+            }
+            if names.contains(&"verify") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key_ops [{}] does not include \"verify\"",
+                    names
+                        .iter()
+                        .map(|n| quote(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
+        Some(_) => Err("member key_ops is not an array".into()),
+    }
+}
+
+/// One JWK (RFC 7517) as a JSON object, or why it cannot be used: wrong purpose, unsupported
+/// type or curve, malformed members, a weak or off-curve key, private material. `allow_oct`
+/// admits symmetric (`kty: oct`) keys, which only an explicit key argument may use: a published
+/// JWKS must never hold secrets.
+pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, String> {
     let kid = match jwk.get("kid") {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err("member kid is not a string".into()),
     };
-    match jwk.get("use") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(u)) if u == "sig" => {}
-        Some(Value::String(u)) => {
-            return Ok(JwkOutcome::Skipped(format!(
-                "use {} is not \"sig\"",
-                quote(u)
-            )))
-        }
-        Some(_) => return Err("member use is not a string".into()),
-    }
+    check_jwk_purpose(jwk)?;
     let alg = match jwk.get("alg") {
         None | Some(Value::Null) => None,
-        Some(Value::String(a)) => match parse_algorithm(a) {
-            Ok(a) => Some(a),
-            Err(_) => {
-                return Ok(JwkOutcome::Skipped(format!(
-                    "alg {} is not a supported signature algorithm",
-                    quote(a)
-                )))
-            }
-        },
+        Some(Value::String(a)) => Some(
+            parse_algorithm(a)
+                .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
+        ),
         Some(_) => return Err("member alg is not a string".into()),
     };
     let kty = jwk_str(jwk, "kty")?;
+    if kty != "oct" {
+        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+            return Err(format!(
+                "it contains private key material (member {m}); a key set publishes public keys only, and this key must be treated as leaked"
+            ));
+        }
+    }
     let (kind, bits, decoding) = match kty {
         "RSA" => {
             let n = jwk_bytes(jwk, "n")?;
@@ -343,12 +392,7 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
             let (kind, size) = match crv {
                 "P-256" => (KeyKind::EcP256, 32),
                 "P-384" => (KeyKind::EcP384, 48),
-                other => {
-                    return Ok(JwkOutcome::Skipped(format!(
-                        "curve {} is not supported",
-                        quote(other)
-                    )))
-                }
+                other => return Err(format!("curve {} is not supported", quote(other))),
             };
             let x = jwk_bytes(jwk, "x")?;
             let y = jwk_bytes(jwk, "y")?;
@@ -359,15 +403,13 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
+            check_ec_point(kind, &point)?;
             (kind, size * 8, DecodingKey::from_ec_der(&point))
         }
         "OKP" => {
             let crv = jwk_str(jwk, "crv")?;
             if crv != "Ed25519" {
-                return Ok(JwkOutcome::Skipped(format!(
-                    "curve {} is not supported",
-                    quote(crv)
-                )));
+                return Err(format!("curve {} is not supported", quote(crv)));
             }
             let x = jwk_bytes(jwk, "x")?;
             if x.len() != 32 {
@@ -377,31 +419,20 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
         }
         "oct" if allow_oct => {
             let k = jwk_bytes(jwk, "k")?;
+            if let Some(what) = std::str::from_utf8(&k).ok().and_then(key_material_kind) {
+                return Err(format!(
+                    "member k holds {what}, not a shared secret; pass public keys as PEM or JWK"
+                ));
+            }
             (KeyKind::Hmac, k.len() * 8, DecodingKey::from_secret(&k))
         }
         "oct" => {
-            return Ok(JwkOutcome::Skipped(
-                "symmetric (oct) keys are not taken from a key set; use kinde_rls.secret".into(),
-            ))
+            return Err(
+                "symmetric (oct) keys are not taken from a key set; use kinde_rls.secret_file"
+                    .into(),
+            )
         }
-        other => {
-            return Ok(JwkOutcome::Skipped(format!(
-                "key type {} is not supported",
-                quote(other)
-            )))
-        }
-    };
-    if jwk.contains_key("d") {
-        return Err(
-            "this JWK contains a private key (member d); publish only the public part".into(),
-        );
-    }
-    let key = Key {
-        kid,
-        kind,
-        alg,
-        bits,
-        decoding,
+        other => return Err(format!("key type {} is not supported", quote(other))),
     };
     if let Some(a) = alg {
         if !kind.algorithms().contains(&a) {
@@ -412,60 +443,188 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<JwkOutc
             ));
         }
     }
-    Ok(JwkOutcome::Key(key))
+    Ok(Key {
+        kid,
+        kind,
+        alg,
+        bits,
+        decoding,
+    })
 }
 
-/// The keys read from a JWKS (or a single JWK), and what was passed over.
+/// A key of a set that was not used, and why (shown by `jwks_status()` and `jwt_explain()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    pub kid: Option<String>,
+    /// `key "kid"` or `key #3` (1-based position) when it has no usable `kid`.
+    pub label: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Ignored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.label, self.reason)
+    }
+}
+
+/// The keys read from a JWKS (or a single JWK), and those ignored.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     pub keys: Vec<Key>,
-    pub skipped: Vec<String>,
+    pub ignored: Vec<Ignored>,
 }
 
-/// Parse a JWKS document `{"keys": [...]}` or a single JWK object. Keys of unsupported types or
-/// with `use` other than `sig` are skipped; a malformed key of a supported type is an error, and
-/// so is a set with no usable key.
+impl KeySet {
+    /// Why the set holds no key with this `kid`, if it ignored one.
+    pub fn ignored_kid(&self, kid: &str) -> Option<&Ignored> {
+        self.ignored.iter().find(|i| i.kid.as_deref() == Some(kid))
+    }
+}
+
+/// Parse a JWKS document `{"keys": [...]}` or a single JWK object. Keys that cannot be used —
+/// another purpose or type, malformed, weak, off-curve, private — are ignored with a reason
+/// (RFC 7517 §5: ignore what you do not understand), so one bad key never takes the good ones
+/// down with it. A document that is not a key set, or holds no usable key, is an error.
 pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
     let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
     let obj = doc
         .as_object()
         .ok_or("a JWKS or JWK must be a JSON object")?;
-    let list: Vec<&Map<String, Value>> = match obj.get("keys") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|k| {
-                k.as_object()
-                    .ok_or_else(|| "every entry of keys must be an object".to_string())
-            })
-            .collect::<Result<_, _>>()?,
+    let list: Vec<&Value> = match obj.get("keys") {
+        Some(Value::Array(a)) => a.iter().collect(),
         Some(_) => return Err("member keys must be an array".into()),
-        None => vec![obj],
+        None => vec![&doc],
     };
     let mut set = KeySet::default();
-    for (i, jwk) in list.iter().enumerate() {
-        let label = match jwk.get("kid") {
-            Some(Value::String(k)) => format!("key {}", quote(k)),
-            _ => format!("key #{}", i + 1),
+    for (i, entry) in list.iter().enumerate() {
+        let kid = entry.get("kid").and_then(Value::as_str).map(String::from);
+        let label = match &kid {
+            Some(k) => format!("key {}", quote(k)),
+            None => format!("key #{}", i + 1),
         };
-        match key_from_jwk(jwk, allow_oct).map_err(|e| format!("{label}: {e}"))? {
-            JwkOutcome::Key(k) => set.keys.push(k),
-            JwkOutcome::Skipped(why) => set.skipped.push(format!("{label}: {why}")),
+        let outcome = match entry.as_object() {
+            Some(jwk) => key_from_jwk(jwk, allow_oct),
+            None => Err("it is not a JSON object".into()),
+        };
+        match outcome {
+            Ok(k) => set.keys.push(k),
+            Err(reason) => set.ignored.push(Ignored { kid, label, reason }),
         }
     }
     if set.keys.is_empty() {
-        return Err(if set.skipped.is_empty() {
+        return Err(if set.ignored.is_empty() {
             "the key set is empty".into()
         } else {
-            format!("no usable signing key ({})", set.skipped.join("; "))
+            format!(
+                "no usable signing key ({})",
+                set.ignored
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         });
     }
     Ok(set)
 }
 
-/// Is this text key material (PEM or JSON) rather than an HMAC secret?
-pub fn looks_like_key_material(text: &str) -> bool {
-    let t = text.trim_start();
-    t.starts_with("-----BEGIN") || t.starts_with('{')
+// ---------------------------------------------------------------------------------------------
+// HMAC secrets: the one rule, wherever a secret enters (kinde_rls.secret, the secret file,
+// explicit key arguments, sign_jwt, an explicit oct JWK).
+
+/// What public key material this text is, if it is any: such text is never an HMAC secret,
+/// because whoever has the public key could then sign tokens (algorithm confusion, RFC 8725
+/// §2.1). Recognised: PEM blocks anywhere in the text, JSON (a JWK or JWKS), SSH public keys,
+/// and base64 DER public keys or certificates.
+pub fn key_material_kind(text: &str) -> Option<&'static str> {
+    let t = text.trim();
+    if t.contains("-----BEGIN") {
+        return Some("a PEM key or certificate");
+    }
+    if t.starts_with('{') || t.starts_with('[') {
+        return Some("JSON (a JWK or JWKS)");
+    }
+    if ["ssh-rsa ", "ssh-ed25519 ", "ecdsa-sha2-", "ssh-dss "]
+        .iter()
+        .any(|p| t.starts_with(p))
+    {
+        return Some("an SSH public key");
+    }
+    if looks_like_base64_der_key(t) {
+        return Some("a base64 DER public key or certificate");
+    }
+    None
+}
+
+/// Base64 (standard or URL alphabet, padded or not, whitespace allowed) of a DER structure
+/// naming a public-key algorithm (RSA, EC, Ed25519), or of a PKCS#1 RSA public key.
+fn looks_like_base64_der_key(t: &str) -> bool {
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    use base64::{alphabet, Engine};
+    const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+    if compact.len() < 40 {
+        return false;
+    }
+    let der = GeneralPurpose::new(&alphabet::STANDARD, LENIENT)
+        .decode(&compact)
+        .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT).decode(&compact));
+    let Ok(der) = der else { return false };
+    if der.first() != Some(&0x30) {
+        return false;
+    }
+    const OIDS: [&[u8]; 3] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01], // pkcs-1 (rsaEncryption, RSASSA-PSS)
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],       // id-ecPublicKey
+        &[0x06, 0x03, 0x2b, 0x65],                         // id-Ed25519 / X25519 / Ed448
+    ];
+    OIDS.iter()
+        .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
+        || pkcs1_modulus_bits(&der).is_some_and(|b| b >= 512)
+}
+
+/// Why a text cannot be an HMAC secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretProblem {
+    /// It is public key material (see [`key_material_kind`]).
+    KeyMaterial(&'static str),
+    /// Shorter than this many bytes (RFC 7518 §3.2: at least the hash size).
+    TooShort(usize),
+}
+
+impl SecretProblem {
+    /// A sentence naming `what` (a setting or argument); never the secret or its length.
+    pub fn describe(self, what: &str) -> String {
+        match self {
+            SecretProblem::KeyMaterial(kind) => format!(
+                "{what} holds {kind}, not a shared secret: anyone who has a public key could sign HMAC tokens with it"
+            ),
+            SecretProblem::TooShort(n) => format!(
+                "{what} is shorter than {n} bytes; HMAC secrets must be at least as long as the hash (RFC 7518 §3.2)"
+            ),
+        }
+    }
+}
+
+/// The rule every HMAC secret passes: not key material, and at least `min_bytes` long (32 for
+/// any HMAC algorithm; 48/64 when HS384/HS512 is known to be the one).
+pub fn check_hmac_secret(secret: &str, min_bytes: usize) -> Result<(), SecretProblem> {
+    if let Some(kind) = key_material_kind(secret) {
+        return Err(SecretProblem::KeyMaterial(kind));
+    }
+    if secret.len() < min_bytes {
+        return Err(SecretProblem::TooShort(min_bytes));
+    }
+    Ok(())
+}
+
+/// An HMAC key from a secret that passes [`check_hmac_secret`].
+pub fn hmac_key(secret: &str, min_bytes: usize) -> Result<Key, SecretProblem> {
+    check_hmac_secret(secret, min_bytes)?;
+    Ok(Key::hmac(secret.as_bytes()))
 }
 
 #[cfg(test)]
@@ -538,7 +697,7 @@ mod tests {
             r#"{"keys":[{"kty":"OKP","crv":"Ed25519","use":"enc","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
             false,
         );
-        assert!(enc.is_err());
+        assert!(enc.unwrap_err().contains("use \"enc\" is not \"sig\""));
     }
 
     #[test]
@@ -552,5 +711,143 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("private"), "{e}");
+    }
+
+    const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    // RFC 7517 Appendix A.1's P-256 key.
+    const P256_X: &str = "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4";
+    const P256_Y: &str = "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM";
+
+    fn ed(kid: &str, extra: &str) -> String {
+        format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}","kid":"{kid}"{extra}}}"#)
+    }
+
+    #[test]
+    fn one_unusable_key_does_not_poison_the_set() {
+        let small_rsa = r#"{"kty":"RSA","kid":"rsa1024","n":"AQAB","e":"AQAB"}"#;
+        let no_y = format!(r#"{{"kty":"EC","crv":"P-256","kid":"no-y","x":"{P256_X}"}}"#);
+        // The same x with y changed in its last byte: not on the curve.
+        let mut y = b64_decode(P256_Y, "y").unwrap();
+        *y.last_mut().unwrap() ^= 1;
+        let off = format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"off-curve","x":"{P256_X}","y":"{}"}}"#,
+            crate::token::b64_encode(&y)
+        );
+        let on = format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"on-curve","x":"{P256_X}","y":"{P256_Y}"}}"#
+        );
+        let doc = format!(
+            r#"{{"keys":[{small_rsa},{no_y},{off},{},{},7,{},{on}]}}"#,
+            ed("leaked", r#","d":"AA""#),
+            ed("enc", r#","use":"enc""#),
+            ed("good", "")
+        );
+        let set = parse_jwks(&doc, false).unwrap();
+        let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
+        assert_eq!(kids, vec!["good", "on-curve"]);
+        let why = |kid: &str| set.ignored_kid(kid).unwrap().reason.clone();
+        assert!(
+            why("rsa1024").contains("at least 2048"),
+            "{}",
+            why("rsa1024")
+        );
+        assert_eq!(why("no-y"), "member y is missing");
+        assert!(why("off-curve").contains("not a point on its curve"));
+        assert!(why("leaked").contains("private key material (member d)"));
+        assert!(why("enc").contains("is not \"sig\""));
+        assert_eq!(set.ignored[5].label, "key #6");
+        assert_eq!(set.ignored.len(), 6);
+        // Nothing usable left: an error that says why each key was ignored.
+        let e = parse_jwks(&format!(r#"{{"keys":[{small_rsa},{off}]}}"#), false).unwrap_err();
+        assert!(
+            e.starts_with("no usable signing key (key \"rsa1024\": the RSA key has"),
+            "{e}"
+        );
+        assert!(
+            e.contains("key \"off-curve\": the EC P-256 key is not a point"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_ops_is_honoured_like_use() {
+        for (ops, ok) in [
+            (r#"["verify"]"#, true),
+            (r#"["sign","verify"]"#, true),
+            (r#"["sign"]"#, false),
+            (r#"["encrypt"]"#, false),
+            (r#"[]"#, false),
+            (r#"["verify","verify"]"#, false),
+            (r#""verify""#, false),
+            (r#"[1]"#, false),
+        ] {
+            let r = parse_jwks(&ed("k", &format!(r#","key_ops":{ops}"#)), false);
+            assert_eq!(r.is_ok(), ok, "{ops}: {r:?}");
+        }
+        assert!(parse_jwks(&ed("k", r#","use":"sig","key_ops":["sign"]"#), false).is_err());
+    }
+
+    #[test]
+    fn public_key_text_is_never_an_hmac_secret() {
+        use base64::Engine;
+        let spki = {
+            let mut d = vec![
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ];
+            d.extend_from_slice(&b64_decode(ED_X, "x").unwrap());
+            d
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&spki);
+        for (text, kind) in [
+            (
+                format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+                "PEM",
+            ),
+            (
+                format!(
+                    "comment line\n-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----"
+                ),
+                "PEM",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----".into(),
+                "PEM",
+            ),
+            (ed("k", ""), "JSON"),
+            (format!(r#"  {{"keys":[{}]}}"#, ed("k", "")), "JSON"),
+            (
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]".into(),
+                "JSON",
+            ),
+            (format!("ssh-ed25519 {b64} user@host"), "SSH"),
+            (b64.clone(), "base64 DER"),
+            (
+                b64.replace('+', "-")
+                    .replace('/', "_")
+                    .trim_end_matches('=')
+                    .into(),
+                "base64 DER",
+            ),
+        ] {
+            match check_hmac_secret(&text, 32) {
+                Err(SecretProblem::KeyMaterial(k)) => assert!(k.contains(kind), "{text}: {k}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Real secrets pass; short ones do not, and the message never says how long they are.
+        let kinde = "Ht2ZZ0CGuKuM1NhXGEiTcZPg7Zu3vkWvcyrcvCRn6lr0WsHyLb";
+        assert_eq!(check_hmac_secret(kinde, 32), Ok(()));
+        assert_eq!(
+            check_hmac_secret(kinde, 64),
+            Err(SecretProblem::TooShort(64))
+        );
+        let msg = SecretProblem::TooShort(64).describe("kinde_rls.secret");
+        assert!(!msg.contains(&kinde.len().to_string()), "{msg}");
+        // An explicit oct JWK whose k is a PEM is refused too.
+        let k = crate::token::b64_encode(
+            format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----").as_bytes(),
+        );
+        let e = parse_jwks(&format!(r#"{{"kty":"oct","k":"{k}"}}"#), true).unwrap_err();
+        assert!(e.contains("not a shared secret"), "{e}");
     }
 }

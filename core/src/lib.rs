@@ -14,11 +14,12 @@ pub mod verify;
 
 pub use config::{Config, KeySource, Provider, RemoteSource, Settings};
 pub use error::{Check, ConfigError, Error, Refusal};
-pub use keys::{parse_jwks, Key, KeyKind, KeySet};
+pub use keys::{parse_jwks, Ignored, Key, KeyKind, KeySet};
 pub use verify::{explain, verify, ExplainRow, Policy, Verified};
 
 /// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
-/// secret. `algorithm` must fit the key: a PEM or JWK is never used as an HMAC secret.
+/// secret (which passes [`keys::check_hmac_secret`], like every secret). `algorithm` must fit
+/// the key: a PEM or JWK is never used as an HMAC secret.
 pub fn explicit_keys(
     key: &str,
     algorithm: &str,
@@ -37,28 +38,32 @@ pub fn explicit_keys(
             "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.",
         )
     };
-    let list = if key.trim_start().starts_with("-----BEGIN") {
+    let t = key.trim_start();
+    let list = if t.starts_with("-----BEGIN") {
         vec![keys::key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
-    } else if key.trim_start().starts_with('{') {
+    } else if t.starts_with('{') {
         parse_jwks(key, true)
             .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?
             .keys
-    } else {
-        if key.len() < keys::min_hmac_bytes(alg)
-            && alg.family() == jsonwebtoken::AlgorithmFamily::Hmac
-        {
-            return Err(ConfigError::new(
+    } else if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+        vec![keys::hmac_key(key, keys::min_hmac_bytes(alg)).map_err(|p| {
+            ConfigError::new(
                 "key",
-                format!(
-                    "{} needs a secret of at least {} bytes, this one has {}",
-                    keys::algorithm_name(alg),
-                    keys::min_hmac_bytes(alg),
-                    key.len()
-                ),
-                "Pass the full secret as key (RFC 7518 §3.2 requires a secret as long as the hash).",
-            ));
-        }
-        vec![Key::hmac(key.as_bytes())]
+                p.describe("the key"),
+                "Pass the full HMAC secret as key, or a public key (PEM, JWK) with the algorithm that fits it.",
+            )
+        })?]
+    } else {
+        // Not PEM, not JSON, and the algorithm is not HMAC: whatever it is, it is not a key for
+        // this algorithm, and it is never taken as a secret.
+        return Err(ConfigError::new(
+            "algorithm",
+            format!(
+                "{} needs a public key (PEM or JWK), and the key is neither",
+                keys::algorithm_name(alg)
+            ),
+            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
+        ));
     };
     if let Some(reason) = list
         .iter()

@@ -57,28 +57,13 @@ fn encoding_key(key: &str, alg: Algorithm) -> Result<EncodingKey, ConfigError> {
     };
     match alg.family() {
         Hmac => {
-            if key.trim_start().starts_with("-----BEGIN") {
-                return Err(arg_error(
+            crate::keys::check_hmac_secret(key, min_hmac_bytes(alg)).map_err(|p| {
+                arg_error(
                     "key",
-                    format!(
-                        "{} takes a shared secret, not a PEM key",
-                        algorithm_name(alg)
-                    ),
-                    "Pass the HMAC secret as key, or choose the algorithm that fits the key.",
-                ));
-            }
-            if key.len() < min_hmac_bytes(alg) {
-                return Err(arg_error(
-                    "key",
-                    format!(
-                        "{} needs a secret of at least {} bytes, this one has {}",
-                        algorithm_name(alg),
-                        min_hmac_bytes(alg),
-                        key.len()
-                    ),
-                    "Pass a longer secret as key (RFC 7518 §3.2).",
-                ));
-            }
+                    p.describe("the key"),
+                    "Pass the HMAC secret as key, or choose the algorithm that fits the key (RFC 7518 §3.2).",
+                )
+            })?;
             Ok(EncodingKey::from_secret(key.as_bytes()))
         }
         Rsa => EncodingKey::from_rsa_pem(key.as_bytes()).map_err(|_| bad_pem("RSA")),

@@ -150,7 +150,65 @@ fn parse_payload(bytes: Vec<u8>) -> Result<(Map<String, Value>, String), Refusal
     let text = String::from_utf8(bytes).map_err(|_| malformed("the payload is not valid UTF-8"))?;
     let reg = serde_json::from_str::<Registered>(&text)
         .map_err(|e| malformed(format!("the payload is not a JSON object ({e})")))?;
+    refuse_nul(&text, "payload", "claim")?;
     Ok((reg.0, text))
+}
+
+/// Does this JSON text hold an escape that PostgreSQL cannot store or that the validating parse
+/// skipped over: `\u0000`, or a UTF-16 surrogate (`\uD800`–`\uDFFF`), which must come in
+/// pairs? Raw NUL bytes are not valid JSON; escapes are the only way in. An escaped backslash
+/// followed by the letters `u0000` is not one.
+fn has_suspect_escape(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'\\') {
+        i += off;
+        if b.get(i + 1) == Some(&b'u') {
+            if let Some(hex) = b.get(i + 2..i + 6) {
+                let surrogate = hex[0].eq_ignore_ascii_case(&b'd')
+                    && matches!(hex[1].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f');
+                if hex == b"0000" || surrogate {
+                    return true;
+                }
+            }
+        }
+        i += 2; // the backslash and the character it escapes
+        if i >= b.len() {
+            break;
+        }
+    }
+    false
+}
+
+fn value_has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(value_has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL's `text` and `jsonb` cannot hold a NUL character, and a lone UTF-16 surrogate is
+/// not a character at all, so a header or payload with either anywhere is refused as malformed
+/// here — naming the member — and every function refuses it alike, instead of one failing
+/// later with SQLSTATE 22P05 or 22P02 and another silently seeing no claims.
+fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
+    if !has_suspect_escape(text) {
+        return Ok(());
+    }
+    let map = serde_json::from_str::<Map<String, Value>>(text)
+        .map_err(|e| malformed(format!("the {what} holds an invalid \\u escape ({e})")))?;
+    match map
+        .iter()
+        .find(|(k, v)| k.contains('\0') || value_has_nul(v))
+    {
+        None => Ok(()),
+        Some((k, _)) => Err(malformed(format!(
+            "{member} {} contains a NUL character (\\u0000), which PostgreSQL text and jsonb cannot hold",
+            quote(k)
+        ))),
+    }
 }
 
 /// All claims of a payload that [`parse`] validated.
@@ -161,9 +219,15 @@ pub fn full_claims(payload_json: &str) -> Map<String, Value> {
 pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refusal> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| malformed(format!("the {what} is not valid UTF-8")))?;
-    serde_json::from_str::<UniqueObject>(text)
+    let map = serde_json::from_str::<UniqueObject>(text)
         .map(|o| o.0)
-        .map_err(|e| malformed(format!("the {what} is not a JSON object ({e})")))
+        .map_err(|e| malformed(format!("the {what} is not a JSON object ({e})")))?;
+    refuse_nul(
+        text,
+        what,
+        if what == "payload" { "claim" } else { "member" },
+    )?;
+    Ok(map)
 }
 
 /// Split and decode a compact JWS into header, payload, signing input and signature, checking
@@ -381,5 +445,40 @@ mod tests {
         assert!(looks_like_compact("eyJh.eyJi.c2ln"));
         assert!(!looks_like_compact(r#"{"sub":"a.b.c"}"#));
         assert!(!looks_like_compact(""));
+    }
+
+    #[test]
+    fn nul_and_lone_surrogates_are_refused_naming_the_claim() {
+        let h = r#"{"alg":"HS256"}"#;
+        let e = parse(&tok(h, r#"{"sub":"kp_1","org_name":"a\u0000b"}"#)).unwrap_err();
+        assert_eq!(e.check, Check::Format);
+        assert!(
+            e.detail
+                .starts_with("claim \"org_name\" contains a NUL character"),
+            "{}",
+            e.detail
+        );
+        let e = parse(&tok(h, r#"{"sub":"kp_1","x":{"deep":["\u0000"]}}"#)).unwrap_err();
+        assert!(e.detail.starts_with("claim \"x\""), "{}", e.detail);
+        let e = parse(&tok(h, r#"{"a\u0000":1}"#)).unwrap_err();
+        assert!(
+            e.detail.starts_with(r#"claim "a\u0000" contains"#),
+            "{}",
+            e.detail
+        );
+        let e = parse(&tok(r#"{"alg":"HS256","kid":"k\u0000"}"#, "{}")).unwrap_err();
+        assert!(e.detail.starts_with("member \"kid\""), "{}", e.detail);
+        // A lone surrogate in a claim the checks do not read: refused, not silently skipped.
+        let e = parse(&tok(h, r#"{"sub":"kp_1","x":"\ud800"}"#)).unwrap_err();
+        assert!(e.detail.contains("invalid \\u escape"), "{}", e.detail);
+        // An escaped backslash followed by u0000 is six ordinary characters, and a surrogate
+        // pair is one character: both fine.
+        let t = tok(h, r#"{"sub":"kp_1","x":"\\u0000","y":"\ud83d\ude00"}"#);
+        let ok = parse(&t).unwrap();
+        assert_eq!(full_claims(&ok.payload_json)["x"], "\\u0000");
+        assert!(has_suspect_escape(r#""\u0000""#));
+        assert!(has_suspect_escape(r#""\uDC00""#));
+        assert!(!has_suspect_escape(r#""\\u0000\\""#));
+        assert!(!has_suspect_escape(r#""\u00e9""#));
     }
 }

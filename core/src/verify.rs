@@ -333,7 +333,10 @@ pub fn check_iss(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
         Some(_) => return Err(Refusal::new(Check::Iss, "claim iss is not a string")),
     };
     if policy.issuers.is_empty() {
-        return Ok("not checked: kinde_rls.issuer is not set".into());
+        return Ok(
+            "not checked: no issuer is configured (kinde_rls.issuer or kinde_rls.domain), so a token of any issuer is accepted when a configured key verifies it"
+                .into(),
+        );
     }
     match iss {
         Some(i) if policy.issuers.iter().any(|a| a == i) => {
@@ -359,7 +362,10 @@ pub fn check_iss(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
 
 pub fn check_aud(claims: &Map<String, Value>, policy: &Policy) -> Result<String, Refusal> {
     if policy.audiences.is_empty() {
-        return Ok("not checked: kinde_rls.audience is not set".into());
+        return Ok(
+            "not checked: no audience is configured, so a token this issuer made for any other application or API is accepted too; set kinde_rls.audience (RFC 8725 §3.9)"
+                .into(),
+        );
     }
     let auds: Vec<&str> = match claims.get("aud") {
         None => vec![],
