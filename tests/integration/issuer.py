@@ -5,6 +5,9 @@ issuer can have. Started and stopped by the tests; loopback only.
     token = issuer.sign(claims)     # RS256 with the current key, kid in the header
     issuer.rotate()                 # new key; the old one leaves the set (keep_old=True keeps it)
     issuer.mode = "500"             # or "hang", "garbage", "huge", "ok"
+    issuer.discovery_mode = "500"   # discovery only: "500", "garbage", or "ok"
+    issuer.discovery_issuer = "https://evil.example"   # what discovery claims to be
+    issuer.extra_keys = [{...}]     # more JWKs served next to the signing keys
     issuer.count("jwks")            # requests served, per endpoint
 """
 
@@ -29,6 +32,9 @@ class MockIssuer:
         self.kind = kind
         self.signers = [Signer(kind)]
         self.mode = "ok"
+        self.discovery_mode = "ok"
+        self.discovery_issuer = None
+        self.extra_keys = []
         self.hang_seconds = 10.0
         self.counts = Counter()
         self._lock = threading.Lock()
@@ -104,14 +110,14 @@ class MockIssuer:
         # A real set may hold keys we cannot use; they must be skipped, not fatal.
         keys.append({"kty": "RSA", "use": "enc", "kid": "encryption-key", "n": "AQAB", "e": "AQAB"})
         keys.append({"kty": "XYZ", "kid": "future-key-type"})
-        return {"keys": keys}
+        return {"keys": keys + list(self.extra_keys)}
 
     def _serve(self, h: BaseHTTPRequestHandler):
         path = h.path.split("?")[0]
         if path == DISCOVERY and self.discovery:
             endpoint = "discovery"
             body = json.dumps({
-                "issuer": self.iss,
+                "issuer": self.discovery_issuer or self.iss,
                 "authorization_endpoint": self.base + "/oauth2/auth",
                 "token_endpoint": self.base + "/oauth2/token",
                 "jwks_uri": self.jwks_url,
@@ -133,6 +139,10 @@ class MockIssuer:
             return self._send(h, 200, "{}")
         if self.mode == "500":
             return self._send(h, 500, "internal error")
+        if endpoint == "discovery" and self.discovery_mode == "500":
+            return self._send(h, 500, "internal error")
+        if endpoint == "discovery" and self.discovery_mode == "garbage":
+            return self._send(h, 200, "<html>not json</html>")
         if endpoint == "jwks":
             if self.mode == "garbage":
                 return self._send(h, 200, "<html>not a key set</html>\x00\xff")

@@ -21,7 +21,8 @@ EXPECTED = {
     "get_feature_flag(name text)": ("jsonb", "s", "s"),
     "refresh_jwks()": ("integer", "v", "u"),
     "jwks_status()": ("TABLE(issuer text, source text, keys integer, fetched_at timestamp with time zone, "
-                      "expires_at timestamp with time zone, last_error text)", "v", "r"),
+                      "expires_at timestamp with time zone, last_error text, ignored_keys text[], "
+                      "warning text)", "v", "r"),
 }
 
 

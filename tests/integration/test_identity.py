@@ -152,6 +152,24 @@ def test_settings_change_takes_effect_at_once(su_conn, tokens):
     assert one(su_conn, "SELECT get_user_id()") == "kp_peter"
 
 
+@pytest.mark.parametrize("reset", ["DISCARD ALL", "RESET ALL"])
+def test_reset_all_and_discard_all_forget_the_token(cluster, tokens, reset):
+    """What session-mode poolers (PgBouncer's server_reset_query, Pgpool-II, Npgsql) run between
+    clients: afterwards the connection is anonymous, also on the per-row fast path."""
+    with cluster.connect(user="app_user", dbname="app") as c:
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (tokens["peter"],))
+        assert one(c, "SELECT get_user_id()") == "kp_peter"
+        assert one(c, "SELECT get_user_id()") == "kp_peter"  # the fast path is warm
+        c.execute(reset)
+        assert one(c, "SELECT current_setting('kinde_rls.token', true)") in ("", None)
+        assert one(c, "SELECT get_user_id()") is None
+        assert one(c, "SELECT get_claims()") is None
+        assert one(c, "SELECT count(*) FROM todos") == 0
+        # RESET ALL resets what it should, and nothing it should not: setting a token again works.
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (tokens["mia"],))
+        assert one(c, "SELECT get_user_id()") == "kp_mia"
+
+
 def test_hs256_flow_identity(user_conn):
     t = hs256_resign(kinde_id_claims("kp_hs_user"))
     rows = in_tx(user_conn, SET_LOCAL_TOKEN, (t,), "SELECT get_user_id(), get_email()")

@@ -5,9 +5,11 @@ and the two cache homes (shared memory with preload, per backend without).
 Every test gets its own issuer and its own database, configured by a superuser with
 ALTER DATABASE, and queries as the non-superuser app_user."""
 
+import base64
 import itertools
 import json
 import os
+import re
 import ssl
 import subprocess
 import threading
@@ -204,7 +206,8 @@ def test_outage_keeps_cached_keys_working_with_a_warning(issuer, keys_db):
         warnings = [m for s, m in got if s == "WARNING"]
         assert warnings and "HTTP 500" in warnings[0] and "still using the keys" in warnings[0]
         row = c.execute("SELECT keys, last_error FROM jwks_status()").fetchone()
-        assert row == (1, "HTTP 500")
+        # Discovery answered 500: an error, not a reason to fall back to /.well-known/jwks.
+        assert row == (1, f"discovery ({issuer.base}/.well-known/openid-configuration) failed: HTTP 500")
         issuer.mode = "ok"
         time.sleep(1.2)
         assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_c"),)) == "kp_c"
@@ -221,7 +224,7 @@ def test_issuer_down_from_the_start_is_refused_not_anonymous(issuer, keys_db):
         with c.transaction():
             c.execute("SELECT set_config('kinde_rls.token', %s, true)", (issuer.token("kp_a"),))
             refused(c, "SELECT get_user_id()", check="key")
-    assert issuer.count("jwks") == 1
+    assert issuer.count("discovery") == 1 and issuer.count("jwks") == 0
 
 
 def test_hanging_issuer_costs_at_most_the_timeout(issuer, keys_db):
@@ -474,3 +477,338 @@ def test_shared_cache_rotation_reaches_other_backends(issuer, keys_db):
         refused(b, "SELECT verify_jwt(%s)", (old,), check="key")
         assert one(b, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_new3"),)) == "kp_new3"
     assert issuer.count("jwks") == 2
+
+
+# -- a fetch answers cancels, timeouts and shutdown --------------------------------------------
+
+
+def _in_thread(conn, sql, params=()):
+    """Run `sql` on `conn` in a thread; returns (thread, box) with box['error'|'result', 't']."""
+    box = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            box["result"] = conn.execute(sql, params).fetchall()
+        except Exception as e:  # noqa: BLE001
+            box["error"] = e
+        box["t"] = time.monotonic() - t0
+
+    th = threading.Thread(target=run)
+    th.start()
+    return th, box
+
+
+def test_statement_timeout_ends_a_hanging_fetch(issuer, keys_db):
+    """kinde_rls.jwks_timeout_ms = 10 s, statement_timeout = 300 ms: the query ends with 57014 in
+    about 300 ms, and the next statement fetches afresh once the issuer answers again."""
+    issuer.mode = "hang"
+    connect = keys_db(domain=issuer.base, jwks_timeout_ms=10000)
+    with connect() as c:
+        c.execute("SET statement_timeout = '300ms'")
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        elapsed = time.monotonic() - t0
+        assert ei.value.sqlstate == "57014", ei.value
+        assert elapsed < 1.3, elapsed
+        c.execute("RESET statement_timeout")
+        issuer.mode = "ok"
+        t0 = time.monotonic()
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_a"),)) == "kp_a"
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_cancel_and_terminate_end_a_hanging_fetch_and_leave_nothing_stuck(issuer, keys_db):
+    """pg_cancel_backend() and pg_terminate_backend() end a query waiting on a hanging issuer
+    within about a second; afterwards no backend waits for the abandoned fetch."""
+    issuer.mode = "hang"
+    connect = keys_db(domain=issuer.base, jwks_timeout_ms=10000)
+    with connect(user="postgres") as su:
+        with connect() as c:
+            pid = one(c, "SELECT pg_backend_pid()")
+            th, box = _in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+            time.sleep(0.4)
+            assert one(su, "SELECT pg_cancel_backend(%s)", (pid,)) is True
+            th.join(5)
+            assert box["error"].sqlstate == "57014", box
+            assert box["t"] < 1.6, box
+        c2 = connect()
+        pid2 = one(c2, "SELECT pg_backend_pid()")
+        th, box = _in_thread(c2, "SELECT verify_jwt(%s)", (issuer.token("kp_b"),))
+        time.sleep(0.4)
+        assert one(su, "SELECT pg_terminate_backend(%s)", (pid2,)) is True
+        th.join(5)
+        assert isinstance(box["error"], psycopg.OperationalError), box
+        assert box["t"] < 1.6, box
+        c2.close()
+        assert one(su, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid2,)) == 0
+    issuer.mode = "ok"
+    t0 = time.monotonic()
+    with connect() as c3:
+        assert one(c3, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_c"),)) == "kp_c"
+    assert time.monotonic() - t0 < 2.0
+
+
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15}
+
+
+def _sigblk(pid: int, tid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            return int(re.search(r"^SigBlk:\s*([0-9a-f]+)", f.read(), re.M).group(1), 16)
+    except OSError:
+        return None
+
+
+def test_threads_of_a_fetch_never_take_postgres_signals(make_issuer, keys_db):
+    """While a backend fetches keys from a host name, every thread but the backend's own has
+    HUP, INT, QUIT, USR1, USR2, ALRM and TERM blocked (PostgreSQL's handlers must only run on
+    the backend's thread); the backend's thread still takes them."""
+    issuer = make_issuer()
+    issuer.mode = "hang"
+    connect = keys_db(jwks_url=f"http://localhost:{issuer.port}/.well-known/jwks", issuer=issuer.base,
+                      jwks_timeout_ms=3000)
+    with connect() as c:
+        pid = one(c, "SELECT pg_backend_pid()")
+        th, box = _in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        extra, main = {}, []
+        while th.is_alive():
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                mask = _sigblk(pid, tid)
+                if mask is None:
+                    continue
+                if tid == pid:
+                    main.append(mask)
+                else:
+                    extra[tid] = mask
+            time.sleep(0.005)
+        th.join()
+    assert box["error"].sqlstate == "28000" and "timed out" in box["error"].diag.message_detail
+    assert extra, "the fetch ran on no thread of its own"
+    for tid, mask in extra.items():
+        unblocked = [name for name, n in SIGNALS.items() if not mask & (1 << (n - 1))]
+        assert not unblocked, f"thread {tid} of backend {pid} takes {unblocked}"
+    for mask in main:
+        for name in ("INT", "ALRM", "TERM"):
+            assert not mask & (1 << (SIGNALS[name] - 1)), f"the backend's own thread blocks {name}"
+
+
+# -- discovery speaks for the configured domain only -------------------------------------------
+
+
+def test_discovery_naming_another_issuer_is_refused(issuer, keys_db):
+    """OpenID Connect Discovery §4.3: the document's issuer must be the domain."""
+    issuer.discovery_issuer = "https://evil.example"
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+        assert 'names issuer "https://evil.example"' in e.diag.message_detail
+        assert "its keys are not used" in e.diag.message_detail
+    assert issuer.count("discovery") == 1 and issuer.count("jwks") == 0  # no fallback either
+
+
+@pytest.mark.parametrize("mode,detail", [("500", "failed: HTTP 500"), ("garbage", "is not JSON")])
+def test_a_broken_discovery_document_is_an_error_not_a_fallback(issuer, keys_db, mode, detail):
+    issuer.discovery_mode = mode
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="key")
+        assert detail in e.diag.message_detail
+    assert issuer.count("jwks") == 0
+
+
+# -- one unusable key does not take the set down -----------------------------------------------
+
+
+def _off_curve(signer) -> dict:
+    jwk = signer.jwk()
+    y = bytearray(base64.urlsafe_b64decode(jwk["y"] + "=="))
+    y[-1] ^= 1
+    jwk["y"] = base64.urlsafe_b64encode(bytes(y)).rstrip(b"=").decode()
+    jwk["kid"] = "off-curve"
+    return jwk
+
+
+def test_unusable_keys_are_ignored_and_named(make_issuer, keys_db, signers):
+    """RFC 7517 §5: a 1024-bit RSA key, a malformed key, an off-curve EC point, a key whose
+    key_ops do not include verify, a leaked private key — each ignored with its reason, and the
+    good key still verifies."""
+    issuer = make_issuer()
+    weak = signers["rsa1024"]
+    leaked = signers["ed25519"].jwk()
+    leaked.update(kid="leaked", d="AAAA")
+    issuer.extra_keys = [
+        weak.jwk(),
+        {"kty": "RSA", "kid": "malformed", "n": "%%%", "e": "AQAB"},
+        _off_curve(signers["p256"]),
+        dict(signers["rsa_other"].jwk(), kid="sign-only", key_ops=["sign"]),
+        leaked,
+    ]
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_good"),)) == "kp_good"
+        e = refused(c, "SELECT verify_jwt(%s)", (weak.sign(issuer.claims("kp_weak"), "RS256"),), check="key")
+        assert f'kid "{weak.kid}"' in e.diag.message_detail
+        assert "is ignored: the RSA key has 1024 bits; at least 2048 are required" in e.diag.message_detail
+        signer = Signer("rsa", kid="sign-only")
+        signer.key = signers["rsa_other"].key
+        e = refused(c, "SELECT verify_jwt(%s)", (signer.sign(issuer.claims("kp_x"), "RS256"),), check="key")
+        assert 'does not include "verify"' in e.diag.message_detail
+        rows = {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT * FROM jwt_explain(%s)", (weak.sign(issuer.claims("kp_weak"), "RS256"),))}
+        assert rows["key"][0] is False and "1024 bits" in rows["key"][1]
+        keys, ignored = c.execute("SELECT keys, ignored_keys FROM jwks_status()").fetchone()
+    assert keys == 1
+    text = "\n".join(ignored)
+    for needle in [f'key "{weak.kid}": the RSA key has 1024 bits', 'key "malformed": ',
+                   'key "off-curve": the EC P-256 key is not a point on its curve',
+                   'key "sign-only": key_ops ["sign"] does not include "verify"',
+                   'key "leaked": it contains private key material (member d)',
+                   'key "encryption-key": use "enc" is not "sig"',
+                   'key "future-key-type": key type "XYZ" is not supported']:
+        assert needle in text, (needle, ignored)
+
+
+def test_inline_jwks_with_an_unusable_key_keeps_the_good_ones(keys_db, signers):
+    doc = json.dumps({"keys": [signers["rsa1024"].jwk(), signers["rsa"].jwk()]})
+    connect = keys_db(jwks=doc, issuer="https://acme.kinde.com")
+    with connect() as c:
+        t = signers["rsa"].sign(kinde_access_claims("kp_inline"), "RS256")
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp_inline"
+        row = c.execute("SELECT source, keys, ignored_keys FROM jwks_status()").fetchone()
+    assert row[0] == "configured" and row[1] == 1
+    assert len(row[2]) == 1 and "1024 bits" in row[2][0]
+
+
+def test_a_set_with_no_usable_key_is_still_an_error(keys_db, signers):
+    doc = json.dumps({"keys": [signers["rsa1024"].jwk()]})
+    connect = keys_db(jwks=doc)
+    with connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT verify_jwt('a.b.c')")
+    assert ei.value.sqlstate == "22023"
+    assert "no usable signing key" in ei.value.diag.message_primary
+    assert "kinde_rls.jwks" in ei.value.diag.message_hint
+
+
+# -- stale keys have a bounded life -----------------------------------------------------------
+
+
+def test_stale_keys_stop_verifying_after_jwks_max_stale(issuer, keys_db):
+    """A key the issuer retired because it leaked must not verify for as long as the issuer is
+    unreachable: kinde_rls.jwks_max_stale bounds it, cached verifications included."""
+    connect = keys_db(domain=issuer.base, jwks_cache_ttl=1, jwks_min_refresh=0, jwks_max_stale=2)
+    early = issuer.token("kp_early")
+    with connect() as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (early,)) == "kp_early"
+        issuer.mode = "500"
+        time.sleep(1.5)  # expired, stale for 0.5 s: still used, with a warning
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_b"),)) == "kp_b"
+        time.sleep(2.0)  # stale for 2.5 s: no longer
+        for t in [issuer.token("kp_late"), early]:
+            e = refused(c, "SELECT verify_jwt(%s)", (t,), check="key")
+            d = e.diag.message_detail
+            assert "expired" in d and "kinde_rls.jwks_max_stale (2 s)" in d and "HTTP 500" in d, d
+        issuer.mode = "ok"
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_back"),)) == "kp_back"
+
+
+# -- more key sources than shared slots --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_cache_cluster():
+    """Preloaded, with a shared key cache of 8 slots."""
+    c = Cluster("smallcache", preload=True, conf={"kinde_rls.jwks_cache_slots": "8"})
+    try:
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute("CREATE ROLE app_user LOGIN")
+        yield c
+    finally:
+        c.stop()
+
+
+def test_more_sources_than_slots_do_not_thrash(small_cache_cluster):
+    """12 providers, 8 slots, tokens cycling through them: a source is fetched at most twice
+    over repeated rounds, a second session refetches only what the shared cache could not hold,
+    and unknown-kid floods stay rate-limited whether a source has a slot or not."""
+    issuers = [MockIssuer() for _ in range(12)]
+    try:
+        providers = json.dumps([{"issuer": i.iss, "jwks_url": i.jwks_url} for i in issuers])
+        with small_cache_cluster.connect() as su:
+            su.execute("SELECT set_config('kinde_rls.providers', %s, false)", (providers,))
+            su.execute(f"ALTER DATABASE postgres SET kinde_rls.providers = '{providers}'")
+            assert one(su, "SHOW kinde_rls.jwks_cache_slots") == "8"
+        tokens = [i.token(f"kp_{n}") for n, i in enumerate(issuers)]
+        with small_cache_cluster.connect(user="app_user") as a:
+            for _ in range(4):
+                for n, t in enumerate(tokens):
+                    assert one(a, "SELECT verify_jwt(%s)->>'sub'", (t,)) == f"kp_{n}"
+        after_a = [i.count("jwks") for i in issuers]
+        assert after_a == [1] * 12, after_a
+        with small_cache_cluster.connect(user="app_user") as b:
+            for _ in range(3):
+                for n, t in enumerate(tokens):
+                    assert one(b, "SELECT verify_jwt(%s)->>'sub'", (t,)) == f"kp_{n}"
+            stranger = Signer("rsa")
+            for _ in range(3):
+                for i in issuers:
+                    stranger.kid = uuid.uuid4().hex
+                    refused(b, "SELECT verify_jwt(%s)", (i.sign(i.claims("kp_x"), signer=stranger),), check="key")
+            statuses = b.execute("SELECT keys FROM jwks_status()").fetchall()
+        counts = [i.count("jwks") for i in issuers]
+        assert max(counts) <= 2, counts
+        assert sum(counts) - 12 <= 12 - 8, counts  # only what found no slot was fetched again
+        assert statuses == [(1,)] * 12
+    finally:
+        for i in issuers:
+            i.stop()
+        with small_cache_cluster.connect() as su:
+            su.execute("ALTER DATABASE postgres RESET kinde_rls.providers")
+
+
+def test_a_second_session_refetches_nothing_cached():
+    """A cluster with the default cache (16 slots) and 12 sources: a new session fetches
+    nothing."""
+    c = Cluster("defaultcache", preload=True)
+    issuers = [MockIssuer() for _ in range(12)]
+    try:
+        providers = json.dumps([{"issuer": i.iss, "jwks_url": i.jwks_url} for i in issuers])
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute(f"ALTER DATABASE postgres SET kinde_rls.providers = '{providers}'")
+            assert one(su, "SHOW kinde_rls.jwks_cache_slots") == "16"
+        tokens = [i.token("kp") for i in issuers]
+        for _ in range(2):
+            with c.connect() as s:
+                for t in tokens:
+                    assert one(s, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp"
+        assert [i.count("jwks") for i in issuers] == [1] * 12
+    finally:
+        for i in issuers:
+            i.stop()
+        c.stop()
+
+
+# -- the audience in domain mode -----------------------------------------------------------
+
+
+def test_a_missing_audience_is_flagged(issuer, keys_db):
+    """Domain mode without kinde_rls.audience accepts any token the Kinde business issues (an ID
+    token, an access token for another API): jwks_status() and jwt_explain() say so."""
+    connect = keys_db(domain=issuer.base)
+    with connect() as c:
+        warning = one(c, "SELECT warning FROM jwks_status()")
+        assert warning.startswith("no audience is configured: tokens "), warning
+        assert "kinde_rls.audience" in warning
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)", (issuer.token("kp_a"),))}
+        assert rows["aud"][0] is True
+        assert rows["aud"][1].startswith("not checked: no audience is configured"), rows["aud"]
+    connect = keys_db(domain=issuer.base, audience="https://api.acme.com")
+    with connect() as c:
+        assert one(c, "SELECT warning FROM jwks_status()") is None
+        t = issuer.token("kp_a", aud=["https://api.acme.com"])
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp_a"
+        refused(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),), check="aud")

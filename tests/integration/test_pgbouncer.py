@@ -1,9 +1,12 @@
-"""Behind PgBouncer in transaction mode (Debian's pgbouncer, started here on loopback): many
+"""Behind PgBouncer (Debian's pgbouncer, started here on loopback). Transaction mode: many
 clients share few server connections, each transaction sets its own user's token with
-SET LOCAL / set_config(..., true), and nobody ever sees another user's rows. Also pins down what
-a session-level SET does through a transaction pooler, which is why the README forbids it."""
+SET LOCAL / set_config(..., true), and nobody ever sees another user's rows; also pins down what
+a session-level SET does through a transaction pooler, which is why the README forbids it.
+Session mode: the pooler cleans a server connection with DISCARD ALL between clients, and that
+must forget the previous client's token."""
 
 import os
+import json
 import random
 import shutil
 import socket
@@ -30,7 +33,7 @@ def _free_port():
 
 
 class Bouncer:
-    def __init__(self, cluster, pool_size):
+    def __init__(self, cluster, pool_size, pool_mode="transaction"):
         self.dir = tempfile.mkdtemp(prefix="kinde_rls-pgbouncer-", dir="/tmp")
         self.port = _free_port()
         ini = os.path.join(self.dir, "pgbouncer.ini")
@@ -43,7 +46,7 @@ listen_addr = 127.0.0.1
 listen_port = {self.port}
 unix_socket_dir =
 auth_type = any
-pool_mode = transaction
+pool_mode = {pool_mode}
 default_pool_size = {pool_size}
 max_client_conn = 200
 logfile = {self.dir}/pgbouncer.log
@@ -186,3 +189,33 @@ def test_session_level_token_warns_once_and_set_local_never(cluster, users):
         c.execute("RESET kinde_rls.token")
         assert one(c, "SELECT get_user_id()") is None
         assert len(got) == 1
+
+
+def test_session_pooling_discard_all_forgets_the_previous_clients_token(cluster, users):
+    """PgBouncer in session mode runs its server_reset_query (DISCARD ALL, the default) when a
+    client leaves; the next client on that server connection must start anonymous, whichever
+    way the previous one set its identity for the session."""
+    bouncer = Bouncer(cluster, pool_size=1, pool_mode="session")
+    (sub, tok), (sub2, tok2) = list(users.items())[:2]
+    headers = json.dumps({"authorization": f"Bearer {tok2}"})
+    try:
+        with bouncer.connect() as a:
+            a.execute("SELECT set_config('kinde_rls.token', %s, false)", (tok,))
+            assert one(a, "SELECT get_user_id()") == sub
+            assert one(a, "SELECT count(*) FROM todos") == 1
+            pid = one(a, "SELECT pg_backend_pid()")
+        with bouncer.connect() as b:
+            assert one(b, "SELECT pg_backend_pid()") == pid  # the same server connection
+            assert one(b, "SELECT current_setting('kinde_rls.token', true)") in ("", None)
+            assert one(b, "SELECT get_user_id()") is None
+            assert one(b, "SELECT count(*) FROM todos") == 0
+            # The PostgREST-style sources are session settings too: set them, leave.
+            b.execute("SELECT set_config('request.headers', %s, false)", (headers,))
+            b.execute("SELECT set_config('request.jwt.claims', %s, false)", (tok,))
+            assert one(b, "SELECT get_user_id()") == sub2
+        with bouncer.connect() as c:
+            assert one(c, "SELECT pg_backend_pid()") == pid
+            assert one(c, "SELECT get_user_id()") is None
+            assert one(c, "SELECT count(*) FROM todos") == 0
+    finally:
+        bouncer.stop()

@@ -10,7 +10,8 @@ from kinde import CLIENT_SECRET
 from pg import Cluster
 
 TRUST_BEARING = ["issuer", "audience", "jwks", "secret", "secret_file", "leeway", "trust_request_claims", "require_sub",
-                 "cache_size", "domain", "jwks_url", "providers", "jwks_timeout_ms", "jwks_cache_ttl", "jwks_min_refresh"]
+                 "cache_size", "domain", "jwks_url", "providers", "jwks_timeout_ms", "jwks_cache_ttl", "jwks_min_refresh",
+                 "jwks_max_stale"]
 
 
 @pytest.mark.parametrize("name", TRUST_BEARING)
@@ -78,7 +79,7 @@ def test_secret_in_database_or_role_settings_is_refused(cluster):
 
 def test_short_secret_is_a_config_error_naming_the_setting(cluster, signers):
     with cluster.connect(dbname="app") as su:
-        su.execute("RESET kinde_rls.secret_file")
+        su.execute("SET kinde_rls.secret_file = ''")
         su.execute("SET kinde_rls.secret = 'too-short'")
         with pytest.raises(psycopg.Error) as ei:
             su.execute("SELECT verify_jwt(%s)", (signers["rsa"].sign({"sub": "a", "exp": 9999999999}, "RS256"),))
@@ -123,24 +124,75 @@ def test_early_set_by_non_superuser_is_refused_when_library_loads(bare_cluster):
             assert one(c, "SELECT get_user_id()") is None
 
 
-def test_without_preload_a_conf_secret_is_a_readable_placeholder(bare_cluster):
-    """Documented limitation: until a backend loads kinde_rls, a kinde_rls.secret line in
-    postgresql.conf is a plain placeholder that any role can read. Hence: preload it."""
+def test_without_preload_kinde_rls_secret_is_refused_because_it_was_readable(bare_cluster):
+    """Until a backend loads kinde_rls, a kinde_rls.secret line in postgresql.conf is a plain
+    placeholder that any role can read (and then mint tokens for anyone with sign_jwt). So
+    without preloading, kinde_rls.secret is not used at all: 22023, with a HINT saying how to
+    fix it, from verify_jwt(), get_user_id() and jwt_explain() alike."""
+    from kinde import kinde_id_claims
+
+    secret = "placeholder-secret-0123456789abcdefghij"
     with bare_cluster.connect(dbname="app") as su:
-        su.execute("LOAD 'kinde_rls'")
-        su.execute("ALTER SYSTEM SET kinde_rls.secret = 'placeholder-secret-0123456789abcdefghij'")
+        su.execute("LOAD 'kinde_rls'")  # PostgreSQL 15 refuses ALTER SYSTEM on an unloaded name
+        su.execute(f"ALTER SYSTEM SET kinde_rls.secret = '{secret}'")
         su.execute("SELECT pg_reload_conf()")
     import time
 
     time.sleep(0.5)
-    with bare_cluster.connect(user="app_user", dbname="app") as c:
-        assert one(c, "SELECT current_setting('kinde_rls.secret', true)") == "placeholder-secret-0123456789abcdefghij"
-        one(c, "SELECT get_user_id()")  # the library loads: the placeholder becomes the real, protected setting
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute("SHOW kinde_rls.secret")
+    t = jwt_hs256(kinde_id_claims("kp_someone"), secret)
+    try:
+        with bare_cluster.connect(user="app_user", dbname="app") as c:
+            # What the library cannot prevent: the placeholder is readable before it loads...
+            assert one(c, "SELECT current_setting('kinde_rls.secret', true)") == secret
+            # ...which is why it is never used.
+            for sql in ["SELECT verify_jwt(%s)", "SELECT * FROM jwt_explain(%s)"]:
+                with pytest.raises(psycopg.Error) as ei:
+                    c.execute(sql, (t,))
+                e = ei.value
+                assert e.sqlstate == "22023", (sql, e)
+                assert e.diag.message_primary.startswith("kinde_rls.secret is not used: kinde_rls is not in shared_preload_libraries")
+                assert "kinde_rls.secret_file" in e.diag.message_hint and "shared_preload_libraries" in e.diag.message_hint
+            c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT get_user_id()")
+            assert ei.value.sqlstate == "22023"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SHOW kinde_rls.secret")  # once loaded, the real setting is protected
+    finally:
+        with bare_cluster.connect(dbname="app") as su:
+            su.execute("ALTER SYSTEM RESET kinde_rls.secret")
+            su.execute("SELECT pg_reload_conf()")
+
+
+def test_without_preload_the_secret_file_works(bare_cluster):
+    from kinde import kinde_id_claims
+    from pg import write_server_file
+
+    secret = "file-secret-0123456789abcdefghijklmnopq"
+    path = os.path.join(bare_cluster.dir, "secret")
+    write_server_file(path, secret, 0o600)
     with bare_cluster.connect(dbname="app") as su:
-        su.execute("ALTER SYSTEM RESET kinde_rls.secret")
-        su.execute("SELECT pg_reload_conf()")
+        su.execute(f"SET kinde_rls.secret_file = '{path}'")
+        assert one(su, "SELECT verify_jwt(%s)->>'sub'", (jwt_hs256(kinde_id_claims("kp_file"), secret),)) == "kp_file"
+
+
+def test_alter_role_all_set_secret_stored_before_the_library_loaded_is_refused():
+    """ALTER ROLE ALL SET stores into pg_db_role_setting (readable by every role) without asking
+    the library when it is not loaded; once the server preloads it, the value reaches the
+    setting with source PGC_S_GLOBAL at every connection, and is refused there."""
+    c = Cluster("roleall", preload=False)
+    try:
+        with c.connect() as su:
+            su.execute(f"ALTER ROLE ALL SET kinde_rls.secret = '{'g' * 40}'")
+        with open(os.path.join(c.data, "postgresql.conf"), "a") as f:
+            f.write("shared_preload_libraries = 'kinde_rls'\n")
+        c.restart()
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            assert one(su, "SHOW kinde_rls.secret") == ""
+            assert "every role can read" in c.server_log()
+    finally:
+        c.stop()
 
 
 def test_secret_in_a_function_set_clause_is_refused(cluster):
@@ -171,3 +223,265 @@ def test_settings_per_role(cluster, signers):
             su.execute("DROP OWNED BY strict_user")
             su.execute("ALTER ROLE strict_user IN DATABASE app RESET ALL")
             su.execute("DROP ROLE strict_user")
+
+
+# -- the HMAC secret is never public key material (issue: algorithm confusion) ----------------
+
+def _hs256_with(secret: bytes, claims: dict) -> str:
+    """HS256 with any bytes as the key (PyJWT rightly refuses a PEM as an HMAC secret; an
+    attacker holding the public key does not)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    h = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    p = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
+    return f"{h}.{p}.{b64(sig)}"
+
+
+def _public_texts(signers):
+    import json
+
+    from kinde import pem_public
+
+    pem = pem_public(signers["rsa"].key)
+    return {
+        "pem": pem,
+        "pem_after_a_comment": "# kinde public key\n" + pem,
+        "jwk": json.dumps(signers["rsa"].jwk()),
+        "jwks": json.dumps({"keys": [signers["rsa"].jwk()]}),
+        "base64_der": "".join(pem.splitlines()[1:-1]),
+    }
+
+
+@pytest.mark.parametrize("form", ["pem", "pem_after_a_comment", "jwk", "jwks", "base64_der"])
+def test_public_key_text_in_kinde_rls_secret_is_refused(cluster, signers, form):
+    """Whoever has the public key could forge HS256 tokens if it were the HMAC secret."""
+    from kinde import kinde_access_claims
+
+    text = _public_texts(signers)[form]
+    forged = _hs256_with(text.encode(), kinde_access_claims("kp_victim"))
+    with cluster.connect(dbname="app") as su:
+        su.execute("SET kinde_rls.secret_file = ''")
+        su.execute("SELECT set_config('kinde_rls.secret', %s, false)", (text,))
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT verify_jwt(%s)", (forged,))
+        assert ei.value.sqlstate == "22023", ei.value
+        assert ei.value.diag.message_primary.startswith("kinde_rls.secret holds "), ei.value.diag.message_primary
+        assert "kinde_rls.secret" in ei.value.diag.message_hint
+        su.execute("SELECT set_config('kinde_rls.token', %s, false)", (forged,))
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT get_user_id()")
+        assert ei.value.sqlstate == "22023"
+
+
+def test_public_key_text_in_the_secret_file_is_refused(cluster, signers):
+    from kinde import kinde_access_claims
+    from pg import write_server_file
+
+    text = _public_texts(signers)["jwks"]
+    path = os.path.join(cluster.dir, "secret_is_a_jwks")
+    write_server_file(path, text + "\n", 0o600)
+    forged = _hs256_with(text.encode(), kinde_access_claims("kp_victim"))
+    with cluster.connect(dbname="app") as su:
+        su.execute(f"SET kinde_rls.secret_file = '{path}'")
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT verify_jwt(%s)", (forged,))
+    assert ei.value.sqlstate == "22023"
+    assert ei.value.diag.message_primary.startswith("kinde_rls.secret_file holds JSON"), ei.value.diag.message_primary
+    assert "kinde_rls.secret_file" in ei.value.diag.message_hint
+
+
+@pytest.mark.parametrize("form", ["pem", "pem_after_a_comment", "base64_der"])
+def test_public_key_text_as_an_explicit_hmac_key_is_refused(user_conn, signers, form):
+    from kinde import kinde_access_claims
+
+    text = _public_texts(signers)[form]
+    forged = _hs256_with(text.encode(), kinde_access_claims("kp_victim"))
+    for sql in ["SELECT verify_jwt(%s, %s)", "SELECT verify_jwt(%s, %s, 'HS256')"]:
+        with pytest.raises(psycopg.Error) as ei:
+            user_conn.execute(sql, (forged, text))
+        assert ei.value.sqlstate == "22023", (sql, ei.value)
+    with pytest.raises(psycopg.Error) as ei:
+        user_conn.execute("SELECT sign_jwt('{\"sub\":\"x\"}'::jsonb, %s, 'HS256')", (text,))
+    assert ei.value.sqlstate == "22023"
+
+
+def test_secret_length_is_never_told(cluster, signers):
+    """A refusal or a configuration error that says how long the secret is narrows a search."""
+    import jwt
+    from kinde import kinde_id_claims
+
+    with cluster.connect(dbname="app") as su:
+        su.execute("SET kinde_rls.secret_file = ''")
+        su.execute("SET kinde_rls.secret = 'short-secret-of-23-byte'")
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT verify_jwt(%s)", (signers["rsa"].sign({"sub": "a", "exp": 9999999999}, "RS256"),))
+        assert ei.value.sqlstate == "22023"
+        assert "23" not in str(ei.value) + (ei.value.diag.message_hint or "")
+    # The configured secret (50 bytes) is too short for HS512: the refusal says what is needed only.
+    t = jwt.encode(kinde_id_claims("kp_hs"), CLIENT_SECRET, algorithm="HS512")
+    with cluster.connect(user="app_user", dbname="app") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT verify_jwt(%s)", (t,))
+        assert ei.value.sqlstate == "28000"
+        assert "64 bytes" in ei.value.diag.message_detail
+        assert str(len(CLIENT_SECRET)) not in ei.value.diag.message_detail
+        details = " ".join(r[2] for r in c.execute("SELECT * FROM jwt_explain(%s)", (t,)))
+        assert str(len(CLIENT_SECRET)) not in details and "64 bytes" in details
+
+
+# -- monitoring roles do not read the secret ---------------------------------------------------
+
+SECRET_IN_CONF = "conf-secret-0123456789abcdefghijklmnopqrstuv"
+
+
+@pytest.fixture(scope="module")
+def conf_secret_cluster():
+    """Preloaded, with the secret in postgresql.conf (the documented place besides a file), a
+    monitoring role and an ordinary one."""
+    c = Cluster("confsecret", preload=True, conf={"kinde_rls.secret": f"'{SECRET_IN_CONF}'"})
+    try:
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute("CREATE ROLE mon LOGIN")
+            su.execute("GRANT pg_monitor TO mon")
+            su.execute("CREATE ROLE reader LOGIN")
+            su.execute("GRANT pg_read_all_settings TO reader")
+            su.execute("CREATE ROLE app_user LOGIN")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("role", ["mon", "reader"])
+def test_monitoring_roles_see_a_mask_not_the_secret(conf_secret_cluster, role):
+    with conf_secret_cluster.connect(user=role) as c:
+        for sql in ["SHOW kinde_rls.secret", "SELECT current_setting('kinde_rls.secret')",
+                    "SELECT current_setting('kinde_rls.secret', true)"]:
+            value = one(c, sql)
+            assert value == "(set; only superusers can read it)", (sql, value)
+        rows = c.execute("SELECT * FROM pg_settings WHERE name LIKE 'kinde_rls.%'").fetchall()
+        assert rows and SECRET_IN_CONF not in repr(rows)
+        assert SECRET_IN_CONF not in repr(c.execute("SELECT * FROM pg_show_all_settings()").fetchall())
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT * FROM pg_file_settings")
+
+
+def test_the_secret_from_postgresql_conf_works_and_superusers_read_it(conf_secret_cluster):
+    from kinde import kinde_id_claims
+
+    t = jwt_hs256(kinde_id_claims("kp_conf"), SECRET_IN_CONF)
+    with conf_secret_cluster.connect(user="app_user") as c:
+        assert one(c, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp_conf"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SHOW kinde_rls.secret")
+    with conf_secret_cluster.connect() as su:
+        assert one(su, "SHOW kinde_rls.secret") == SECRET_IN_CONF
+
+
+def jwt_hs256(claims, secret):
+    import jwt
+
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# -- a replaced secret file is noticed at the next statement -----------------------------------
+
+def test_replaced_secret_file_takes_effect_at_the_next_statement(cluster):
+    """Cache hits and the per-row fast path must not keep an identity the new secret refuses."""
+    from kinde import kinde_id_claims
+    from pg import write_server_file
+
+    path = os.path.join(cluster.dir, "kinde_client_secret")
+    new_secret = "N" * len(CLIENT_SECRET)  # same length: the size alone does not give it away
+    old = jwt_hs256(kinde_id_claims("kp_old_secret"), CLIENT_SECRET)
+    new = jwt_hs256(kinde_id_claims("kp_new_secret"), new_secret)
+    try:
+        with cluster.connect(user="app_user", dbname="app") as c:
+            c.execute("SELECT set_config('kinde_rls.token', %s, false)", (old,))
+            assert one(c, "SELECT get_user_id()") == "kp_old_secret"
+            assert one(c, "SELECT verify_jwt(%s)->>'sub'", (old,)) == "kp_old_secret"  # cached
+            write_server_file(path, new_secret + "\n", 0o600)  # rewritten in place
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT get_user_id()")
+            assert (ei.value.sqlstate, ei.value.diag.message_primary) == \
+                ("28000", "JWT refused: signature check failed (invalid signature)")
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT verify_jwt(%s)", (old,))
+            assert ei.value.sqlstate == "28000"
+            assert one(c, "SELECT verify_jwt(%s)->>'sub'", (new,)) == "kp_new_secret"
+            c.execute("SELECT set_config('kinde_rls.token', %s, false)", (new,))
+            assert one(c, "SELECT get_user_id()") == "kp_new_secret"
+            # Swapped for another file (mv): noticed too.
+            tmp = path + ".next"
+            write_server_file(tmp, CLIENT_SECRET + "\n", 0o600)
+            os.rename(tmp, path)
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT get_user_id()")
+            assert ei.value.sqlstate == "28000"
+            c.execute("RESET kinde_rls.token")
+    finally:
+        write_server_file(path, CLIENT_SECRET + "\n", 0o600)
+
+
+def test_secret_file_is_not_read_when_providers_is_set(cluster, signers):
+    """kinde_rls.providers is the whole configuration: a missing secret file is not its business."""
+    import json
+
+    from kinde import jwks as jwks_text, kinde_access_claims
+
+    providers = json.dumps([{"issuer": "https://p.example", "jwks": json.loads(jwks_text(signers["rsa"]))}])
+    t = signers["rsa"].sign(kinde_access_claims("kp_prov", iss="https://p.example"), "RS256")
+    with cluster.connect(dbname="app") as su:
+        su.execute("SET kinde_rls.secret_file = '/nonexistent/secret'")
+        su.execute("SELECT set_config('kinde_rls.providers', %s, false)", (providers,))
+        assert one(su, "SELECT verify_jwt(%s)->>'sub'", (t,)) == "kp_prov"
+
+
+# -- setting text that is not UTF-8 ------------------------------------------------------------
+
+@pytest.fixture
+def sql_ascii_db(cluster):
+    """A SQL_ASCII database: PostgreSQL accepts any bytes in its settings there."""
+    cluster.psql("CREATE DATABASE ascii_db ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    with cluster.connect(dbname="ascii_db") as su:
+        su.execute("CREATE EXTENSION kinde_rls")
+        su.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    yield "ascii_db"
+    cluster.psql("DROP DATABASE ascii_db WITH (FORCE)")
+
+
+def test_a_setting_that_is_not_utf8_is_a_config_error_not_unset(cluster, signers, sql_ascii_db):
+    """An issuer that cannot be read must not mean "iss is not checked"."""
+    from kinde import jwks as jwks_text, kinde_access_claims
+
+    foreign = signers["rsa"].sign(kinde_access_claims("kp_evil", iss="https://evil.example"), "RS256")
+    with cluster.connect(dbname=sql_ascii_db) as su:
+        su.execute(f"SET kinde_rls.jwks = '{jwks_text(signers['rsa'])}'")
+        su.execute("SET kinde_rls.secret_file = ''")
+        su.execute(r"SET kinde_rls.issuer = E'https://acme.kinde.com\xff'")
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT verify_jwt(%s)", (foreign,))
+        assert ei.value.sqlstate == "22023"
+        assert ei.value.diag.message_primary == "kinde_rls.issuer is not valid UTF-8"
+        assert "kinde_rls.issuer" in ei.value.diag.message_hint
+
+
+def test_a_token_that_is_not_utf8_is_refused_not_anonymous(cluster, sql_ascii_db):
+    with cluster.connect(user="app_user", dbname=sql_ascii_db) as c:
+        c.execute(r"SET kinde_rls.token = E'eyJh\xff.eyJi.c2ln'")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT get_user_id()")
+        assert ei.value.sqlstate == "28000"
+        assert ei.value.diag.message_detail == "kinde_rls.token is not valid UTF-8"
+        c.execute("RESET kinde_rls.token")
+        c.execute(r"""SELECT set_config('request.headers', E'{"authorization": "Bearer \xff"}', false)""")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT get_user_id()")
+        assert ei.value.sqlstate == "28000"

@@ -337,3 +337,52 @@ def test_jwt_explain_unverified_claims_are_marked(user_conn, signers):
     assert rows["sub"] == (True, 'sub is "kp" (claims not verified)')
     rows = {r[0]: r[1] for r in user_conn.execute("SELECT * FROM jwt_explain('garbage')")}
     assert rows["format"] is False and rows["sub"] is None
+
+
+# -- characters PostgreSQL cannot hold ---------------------------------------------------------
+
+def _with_raw_payload(payload_json: str) -> str:
+    """HS256 over a payload given as JSON text (so it can hold escapes PyJWT would normalise)."""
+    return jwt.api_jws.PyJWS().encode(payload_json.encode(), CLIENT_SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("claim,value,detail", [
+    ("org_name", r'"Acme\u0000Evil"', 'claim "org_name" contains a NUL character'),
+    ("sub", r'"kp_\u0000"', 'claim "sub" contains a NUL character'),
+    ("x", r'{"deep": ["\u0000"]}', 'claim "x" contains a NUL character'),
+    ("x", r'"\ud800"', "escape"),
+])
+def test_unstorable_characters_are_refused_alike_by_every_function(cluster, claim, value, detail):
+    """jsonb cannot hold U+0000 and a lone surrogate is not a character: a 28000 `format`
+    refusal naming the claim, from every function — never 22P05 from one and {} from another."""
+    claims = kinde_id_claims("kp_nul")
+    claims.pop(claim, None)
+    base = json.dumps(claims)[:-1]
+    t = _with_raw_payload(f'{base}, "{claim}": {value}}}')
+    with cluster.connect(user="app_user", dbname="app") as c:
+        for sql, params in [("SELECT verify_jwt(%s)", (t,)),
+                            ("SELECT verify_jwt(%s, %s)", (t, CLIENT_SECRET)),
+                            ("SELECT jwt_decode_unverified(%s)", (t,))]:
+            e = refused(c, sql, params, check="format")
+            assert detail in e.diag.message_detail, (sql, e.diag.message_detail)
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
+        for sql in ["SELECT get_user_id()", "SELECT get_claims()", "SELECT get_claim('x')",
+                    "SELECT has_role('admin')", "SELECT count(*) FROM todos"]:
+            e = refused(c, sql, check="format")
+            assert detail in e.diag.message_detail, (sql, e.diag.message_detail)
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)", (t,))}
+        assert rows["format"][0] is False and detail in rows["format"][1]
+        c.execute("RESET kinde_rls.token")
+        # An escaped backslash before "u0000" is six ordinary characters: accepted.
+        full = json.dumps(kinde_id_claims("kp_nul"))[:-1]
+        ok = _with_raw_payload(f'{full}, "note": "C:\\\\u0000"}}')
+        assert one(c, "SELECT verify_jwt(%s)->>'note'", (ok,)) == "C:\\u0000"
+
+
+def test_trusted_request_claims_with_a_nul_are_refused(cluster, db_settings):
+    db_settings("kinde_rls.trust_request_claims", "on")
+    with cluster.connect(user="app_user", dbname="app") as c:
+        with c.transaction():
+            c.execute("SELECT set_config('request.jwt.claims', %s, true)", ('{"sub":"kp_t","x":"a\\u0000"}',))
+            e = refused(c, "SELECT get_claims()", check="format")
+            assert 'member "x" contains a NUL character' in e.diag.message_detail
