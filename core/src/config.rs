@@ -447,7 +447,7 @@ fn with_ignored(r: Refusal, p: &Provider, fetched: Option<&KeySet>, kid: Option<
         .ignored
         .iter()
         .find(|i| i.kid.as_deref() == Some(kid))
-        .map(|i| (i, "kinde_rls.jwks".to_string()))
+        .map(|i| (i, "configured keys".to_string()))
         .or_else(|| {
             let src = p.remote.as_ref()?;
             Some((fetched?.ignored_kid(kid)?, src.label().to_string()))
@@ -597,15 +597,36 @@ pub fn explain_configured(
         Ok(k) => verify::explain(token, k, policy, now),
         Err(_) => verify::explain(token, &[], policy, now),
     };
+    // The keys of the provider's sets that are ignored, and why: a token that does verify may
+    // still come from a set that needs the issuer's attention.
+    let fetched = provider
+        .remote
+        .as_ref()
+        .and_then(|src| source.keys(src).ok());
+    let ignored: Vec<String> = provider
+        .ignored
+        .iter()
+        .chain(fetched.iter().flat_map(|set| set.ignored.iter()))
+        .map(ToString::to_string)
+        .collect();
+    let ignored_note = match ignored.len() {
+        0 => String::new(),
+        n if n <= 3 => format!("; ignored in the key set: {}", ignored.join("; ")),
+        n => format!(
+            "; ignored in the key set: {}; and {} more (see jwks_status())",
+            ignored[..3].join("; "),
+            n - 3
+        ),
+    };
     for row in rows.iter_mut() {
         if row.check == Check::Key {
             match &keys {
-                Ok(_) => row.detail = format!("{label}: {}", row.detail),
+                Ok(_) => row.detail = format!("{label}: {}{ignored_note}", row.detail),
                 Err(r) if r.check == Check::Key => {
                     row.ok = Some(false);
                     row.detail = format!("{label}: {}", r.detail);
                 }
-                Err(_) => row.detail = format!("{label}: {}", row.detail),
+                Err(_) => row.detail = format!("{label}: {}{ignored_note}", row.detail),
             }
         }
         if row.check == Check::Algorithm {

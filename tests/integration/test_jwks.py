@@ -658,6 +658,10 @@ def test_unusable_keys_are_ignored_and_named(make_issuer, keys_db, signers):
         rows = {r[0]: (r[1], r[2]) for r in c.execute(
             "SELECT * FROM jwt_explain(%s)", (weak.sign(issuer.claims("kp_weak"), "RS256"),))}
         assert rows["key"][0] is False and "1024 bits" in rows["key"][1]
+        rows = {r[0]: (r[1], r[2]) for r in c.execute("SELECT * FROM jwt_explain(%s)", (issuer.token("kp_good"),))}
+        assert rows["key"][0] is True and "; ignored in the key set: " in rows["key"][1]
+        assert f'key "{weak.kid}": the RSA key has 1024 bits' in rows["key"][1]
+        assert "more (see jwks_status())" in rows["key"][1]
         keys, ignored = c.execute("SELECT keys, ignored_keys FROM jwks_status()").fetchone()
     assert keys == 1
     text = "\n".join(ignored)
