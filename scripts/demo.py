@@ -127,6 +127,9 @@ def main():
             rows = request(api, "authenticated", None, "SELECT source, keys, fetched_at IS NOT NULL, last_error FROM jwks_status()")
             table(rows, ["source", "keys", "fetched", "last_error"])
             print(f"  requests the issuer served: discovery {kinde.count('discovery')}, JWKS {kinde.count('jwks')}")
+            ignored, warning = request(api, "authenticated", None, "SELECT ignored_keys, warning FROM jwks_status()")[0]
+            print(f"  keys of the set it ignores, and why: {'; '.join(ignored)}")
+            print(f"  what it warns about: {warning}")
 
             say("11. Kinde rotates its signing key; no restart, no new setting")
             time.sleep(2.1)
