@@ -110,7 +110,7 @@ unsafe extern "C-unwind" fn check_secret(
         c"kinde_rls.secret must not be stored in database, role or function settings: every role can read those".as_ptr(),
     );
     pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
-        c"Set kinde_rls.secret in postgresql.conf or with ALTER SYSTEM, with kinde_rls in shared_preload_libraries.".as_ptr(),
+        c"Put the secret in a file only the server can read and set kinde_rls.secret_file, or set kinde_rls.secret in postgresql.conf with kinde_rls in shared_preload_libraries; a secret that was stored in a readable place must be rotated.".as_ptr(),
     );
     false
 }

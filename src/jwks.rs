@@ -220,34 +220,19 @@ impl Locked {
     }
 
     fn slots(&self) -> &[Slot] {
-        // SAFETY: the slots were sized at startup; held under at least the shared lock.
-        unsafe {
-            std::slice::from_raw_parts(
-                SLOTS.load(Ordering::Acquire),
-                NSLOTS.load(Ordering::Acquire),
-            )
-        }
+        // SAFETY: held under at least the shared lock.
+        unsafe { shared_slice(&SLOTS, &NSLOTS) }
     }
 
     fn slots_mut(&mut self) -> &mut [Slot] {
         assert!(self.exclusive, "slots are written under the exclusive lock");
-        // SAFETY: as above, and no other process reads them while we hold the lock exclusively.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                SLOTS.load(Ordering::Acquire),
-                NSLOTS.load(Ordering::Acquire),
-            )
-        }
+        // SAFETY: held exclusively: no other process reads them meanwhile.
+        unsafe { shared_slice_mut(&SLOTS, &NSLOTS) }
     }
 
     fn recent(&self) -> &[Recent] {
         // SAFETY: as for slots.
-        unsafe {
-            std::slice::from_raw_parts(
-                RECENT.load(Ordering::Acquire),
-                NRECENT.load(Ordering::Acquire),
-            )
-        }
+        unsafe { shared_slice(&RECENT, &NRECENT) }
     }
 
     fn recent_mut(&mut self) -> &mut [Recent] {
@@ -256,12 +241,7 @@ impl Locked {
             "fetch records are written under the exclusive lock"
         );
         // SAFETY: as for slots_mut.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                RECENT.load(Ordering::Acquire),
-                NRECENT.load(Ordering::Acquire),
-            )
-        }
+        unsafe { shared_slice_mut(&RECENT, &NRECENT) }
     }
 
     fn next_gen(&mut self) -> u64 {
@@ -273,6 +253,22 @@ impl Locked {
             (*h).next_gen
         }
     }
+}
+
+/// An array in shared memory, sized at startup.
+///
+/// # Safety
+/// The caller holds the lock in at least shared mode.
+unsafe fn shared_slice<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a [T] {
+    std::slice::from_raw_parts(p.load(Ordering::Acquire), n.load(Ordering::Acquire))
+}
+
+/// [`shared_slice`], writable.
+///
+/// # Safety
+/// The caller holds the lock exclusively, and holds no other reference into the array.
+unsafe fn shared_slice_mut<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a mut [T] {
+    std::slice::from_raw_parts_mut(p.load(Ordering::Acquire), n.load(Ordering::Acquire))
 }
 
 impl Drop for Locked {
@@ -399,7 +395,10 @@ fn find_recent(l: &Locked, key: u64) -> Option<Record> {
     })
 }
 
-fn record_recent(l: &mut Locked, key: u64, at: f64, error: Option<&str>) {
+/// Record a fetch of `src` started `at`, and how it went, for every backend's rate limit.
+fn record_recent(l: &mut Locked, src: &RemoteSource, at: f64, result: &Result<Fetched, String>) {
+    let key = source_key(src);
+    let error = result.as_ref().err().map(String::as_str);
     let recent = l.recent_mut();
     let i = recent.iter().position(|r| r.key == key).unwrap_or_else(|| {
         // The oldest record makes room (a zeroed record is the oldest of all).
@@ -678,13 +677,7 @@ fn obtain_local(
         Action::Fetch | Action::Wait => {
             let result = fetch_interruptibly(src, timeout(lim));
             if shared_mode() {
-                let mut l = Locked::exclusive();
-                record_recent(
-                    &mut l,
-                    source_key(src),
-                    now,
-                    result.as_ref().err().map(String::as_str),
-                );
+                record_recent(&mut Locked::exclusive(), src, now, &result);
             }
             finish_local(src, need, lim, now, result)
         }
@@ -762,6 +755,18 @@ fn adopt_shared(
         e.expires_at = expires_at;
         Ok(e.keys.clone())
     })
+}
+
+/// [`adopt_shared`] what a look at the shared cache found.
+fn adopt_seen(src: &RemoteSource, seen: Seen) -> Result<Rc<KeySet>, String> {
+    adopt_shared(
+        src,
+        seen.gen,
+        seen.body,
+        seen.url,
+        seen.fetched_at,
+        seen.times.expires_at,
+    )
 }
 
 fn local_gen(src: &RemoteSource) -> Option<u64> {
@@ -895,12 +900,7 @@ fn fetch_for_slot(
     let pid = my_pid();
     let outcome = {
         let mut l = Locked::exclusive();
-        record_recent(
-            &mut l,
-            source_key(src),
-            now,
-            result.as_ref().err().map(String::as_str),
-        );
+        record_recent(&mut l, src, now, &result);
         let mut bump = None;
         let snapshot = l
             .slots_mut()
@@ -963,14 +963,7 @@ fn fetch_for_slot(
             // Use what the slot holds (possibly parsed already).
             match look(src, now) {
                 Ok(seen) => {
-                    let keys = adopt_shared(
-                        src,
-                        seen.gen,
-                        seen.body,
-                        seen.url,
-                        seen.fetched_at,
-                        seen.times.expires_at,
-                    )?;
+                    let keys = adopt_seen(src, seen)?;
                     Ok(Some(Got {
                         keys,
                         until: t.until(now, lim),
@@ -1019,17 +1012,10 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
         match decide(&seen.times, need_now, now, lim) {
             Action::Use if need == Need::UnknownKid && !waited => return Ok(None),
             Action::Use => {
-                let keys = adopt_shared(
-                    src,
-                    seen.gen,
-                    seen.body,
-                    seen.url,
-                    seen.fetched_at,
-                    seen.times.expires_at,
-                )?;
+                let until = seen.times.until(now, lim);
                 return Ok(Some(Got {
-                    keys,
-                    until: seen.times.until(now, lim),
+                    keys: adopt_seen(src, seen)?,
+                    until,
                 }));
             }
             Action::Refuse => {

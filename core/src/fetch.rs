@@ -227,7 +227,12 @@ mod tests {
     /// A one-shot HTTP server on loopback answering each connection with the next response.
     fn serve(responses: Vec<String>) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        serve_on(l, responses);
+        base
+    }
+
+    fn serve_on(l: TcpListener, responses: Vec<String>) {
         std::thread::spawn(move || {
             for r in responses {
                 let (mut s, _) = l.accept().unwrap();
@@ -236,7 +241,6 @@ mod tests {
                 let _ = s.write_all(r.as_bytes());
             }
         });
-        format!("http://{addr}")
     }
 
     fn ok(body: &str) -> String {
@@ -351,14 +355,7 @@ mod tests {
             discovery(&format!("{base}/"), &format!("{base}/jwks")),
             ok(JWKS),
         ];
-        std::thread::spawn(move || {
-            for r in responses {
-                let (mut s, _) = l.accept().unwrap();
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(r.as_bytes());
-            }
-        });
+        serve_on(l, responses);
         let src = RemoteSource::Discovery(base.clone());
         let e = fetch_jwks(&src, Duration::from_secs(2)).unwrap_err();
         assert!(e.contains(r#"names issuer "https://evil.example""#), "{e}");
