@@ -85,6 +85,27 @@ unsafe extern "C-unwind" fn xact_ended(event: pg_sys::XactEvent::Type, _arg: *mu
     }
 }
 
+/// A check hook's verdict on a value from `source`: allowed when it is empty (a `RESET`) or
+/// `allowed(source)`; otherwise refused with `message` and `hint` (which name no value: the
+/// value may be a secret or a token).
+///
+/// # Safety
+/// `newval` is the check hook's argument.
+unsafe fn allow_source(
+    newval: *mut *mut c_char,
+    source: pg_sys::GucSource::Type,
+    allowed: fn(pg_sys::GucSource::Type) -> bool,
+    (message, hint): (&CStr, &CStr),
+) -> bool {
+    let empty = newval.is_null() || (*newval).is_null() || *(*newval) == 0;
+    if empty || allowed(source) {
+        return true;
+    }
+    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(message.as_ptr());
+    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    false
+}
+
 /// `pg_db_role_setting` and `pg_proc.proconfig` are readable by every role, so a secret stored
 /// with `ALTER DATABASE/ROLE … SET` or a function's `SET` clause is public. Those values reach
 /// us with source `PGC_S_TEST` (when stored) or `PGC_S_DATABASE`/`USER`/`DATABASE_USER`/
@@ -97,22 +118,45 @@ unsafe extern "C-unwind" fn check_secret(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     use pg_sys::GucSource::*;
-    let empty = newval.is_null() || (*newval).is_null() || *(*newval) == 0;
-    if empty
-        || !matches!(
-            source,
-            PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER
-        )
-    {
-        return true;
-    }
-    pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
-        c"kinde_rls.secret must not be stored in database, role or function settings: every role can read those".as_ptr(),
-    );
-    pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
-        c"Put the secret in a file only the server can read and set kinde_rls.secret_file, or set kinde_rls.secret in postgresql.conf with kinde_rls in shared_preload_libraries; a secret that was stored in a readable place must be rotated.".as_ptr(),
-    );
-    false
+    allow_source(
+        newval,
+        source,
+        |s| !matches!(s, PGC_S_TEST | PGC_S_GLOBAL | PGC_S_DATABASE | PGC_S_USER | PGC_S_DATABASE_USER),
+        (
+            c"kinde_rls.secret must not be stored in database, role or function settings: every role can read those",
+            c"Put the secret in a file only the server can read and set kinde_rls.secret_file, or set kinde_rls.secret in postgresql.conf with kinde_rls in shared_preload_libraries; a secret that was stored in a readable place must be rotated.",
+        ),
+    )
+}
+
+/// `kinde_rls.token` is an identity for the current session (or transaction), so it may only be
+/// set in one: `SET`, `SET LOCAL`, `set_config()`. A value stored in a role, database or
+/// function setting (`ALTER ROLE … SET`, readable by every role — and any role may set its own
+/// defaults), in postgresql.conf, or sent as a connection option would become the connection's
+/// *reset* value: it survives `RESET ALL` and `DISCARD ALL`, and a session-mode pooler would hand
+/// it to the next client. Those sources are refused: when stored (`PGC_S_TEST`, an ERROR), and
+/// when applied (a WARNING at connection, or an ERROR for a connection option).
+#[pg_guard]
+unsafe extern "C-unwind" fn check_token(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    use pg_sys::GucSource::*;
+    allow_source(
+        newval,
+        source,
+        |s| {
+            matches!(
+                s,
+                PGC_S_DEFAULT | PGC_S_DYNAMIC_DEFAULT | PGC_S_SESSION | PGC_S_INTERACTIVE | PGC_S_OVERRIDE
+            )
+        },
+        (
+            c"kinde_rls.token can only be set in a session: as a role, database, function, server or connection default it would outlive RESET ALL and DISCARD ALL",
+            c"Set the token per transaction: SET LOCAL kinde_rls.token = ..., or set_config('kinde_rls.token', $1, true).",
+        ),
+    )
 }
 
 /// What `SHOW kinde_rls.secret` and `current_setting('kinde_rls.secret')` print for a role that
@@ -280,7 +324,7 @@ pub fn init() {
             // Not NO_RESET_ALL: RESET ALL and DISCARD ALL, which session-mode poolers run
             // between clients, must forget the previous client's token.
             GucFlags::NO_SHOW_ALL,
-            (None, Some(token_changed), None),
+            (Some(check_token), Some(token_changed), None),
         );
         define_int(
             c"kinde_rls.leeway",
@@ -440,4 +484,16 @@ pub fn request_setting(name: &CStr) -> Result<Option<&'static str>, Refusal> {
     // SAFETY: GetConfigOption returns NULL for an unknown name when missing_ok.
     let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
     request_text(p, name.to_str().unwrap_or("request setting"))
+}
+
+/// Was this request setting set in the session (`SET`, `set_config()`), rather than inherited
+/// as the session's reset value — a role, database, server or connection default? Defaults
+/// survive `RESET ALL` and `DISCARD ALL`, and any role may set its own (`ALTER ROLE … SET
+/// request.headers = …`), which would make its identity every later connection's: they are
+/// not a request's. Called only when the value changed, not per row.
+pub fn set_in_session(name: &CStr, value: &str) -> bool {
+    // SAFETY: the setting exists (its value was just read); the reset value is copied out
+    // before anything else can change it.
+    let reset = unsafe { text_of(pg_sys::GetConfigOptionResetString(name.as_ptr())) };
+    !matches!(reset, Ok(Some(r)) if r == value)
 }

@@ -467,9 +467,13 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         }
     }
     s.last = None;
-    let identity = if let Some(token) = headers.and_then(bearer_from_headers) {
+    // A value the session inherited instead of setting is not this request's (see
+    // gucs::set_in_session): as good as absent.
+    let headers_set = headers.filter(|h| gucs::set_in_session(c"request.headers", h));
+    let claims_set = claims_text.filter(|c| gucs::set_in_session(c"request.jwt.claims", c));
+    let identity = if let Some(token) = headers_set.and_then(bearer_from_headers) {
         Some(s.verify(&token, now)?)
-    } else if let Some(text) = claims_text {
+    } else if let Some(text) = claims_set {
         if token::looks_like_compact(text) {
             Some(s.verify(text.trim(), now)?)
         } else if gucs::TRUST_REQUEST_CLAIMS.get() {

@@ -62,6 +62,8 @@ struct Header {
     /// Source of slot generations: one counter for all slots, so a generation never repeats
     /// even when a source moves to another slot.
     next_gen: u64,
+    /// When a source last found no slot was logged (ms since the epoch): at most once a minute.
+    overflow_logged_ms: AtomicU64,
 }
 
 #[repr(C)]
@@ -488,7 +490,44 @@ fn pause(ms: i64) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
-    pgrx::check_for_interrupts!();
+    answer_interrupts();
+}
+
+/// `CHECK_FOR_INTERRUPTS()`. The ERROR it raises for a cancel or `statement_timeout` comes back
+/// through pgrx as a caught PostgreSQL error, which pgrx would report with a Rust backtrace in
+/// its DETAIL when the server runs with `RUST_BACKTRACE` set; it is raised again as a plain
+/// report with the same SQLSTATE, message, detail and hint.
+fn answer_interrupts() {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+    let caught = std::panic::catch_unwind(|| {
+        pgrx::check_for_interrupts!();
+    });
+    let Err(payload) = caught else {
+        return;
+    };
+    let plain = match payload.downcast_ref::<CaughtError>() {
+        Some(CaughtError::PostgresError(r)) => Some((
+            r.sql_error_code(),
+            r.message().to_owned(),
+            r.detail().map(str::to_owned),
+            r.hint().map(str::to_owned),
+            r.level(),
+        )),
+        _ => None,
+    };
+    if let Some((code, message, detail, hint, level)) = plain {
+        drop(payload);
+        let mut report = ErrorReport::new(code, message, "kinde_rls");
+        if let Some(d) = detail {
+            report = report.set_detail(d);
+        }
+        if let Some(h) = hint {
+            report = report.set_hint(h);
+        }
+        report.report(level);
+        unreachable!("an ERROR from an interrupt does not return");
+    }
+    std::panic::resume_unwind(payload)
 }
 
 /// Fetch a source's keys on a helper thread (bounded by `timeout`) while this backend waits on
@@ -496,10 +535,11 @@ fn pause(ms: i64) {
 /// finishes on its own (it touches nothing of PostgreSQL's) and its answer is dropped; the next
 /// request starts afresh, in case the issuer has recovered.
 fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched, String> {
-    if LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {
-        return Err(format!(
-            "{MAX_LIVE_FETCHES} earlier key fetches of this session, interrupted, are still running; not starting another"
-        ));
+    // Interrupted fetches still running hold threads: wait (interruptibly, and never longer than
+    // their own timeouts) for one to end rather than start another. Waiting is not a failure of
+    // the issuer, so nothing is recorded against it.
+    while LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {
+        pause(20);
     }
     let (tx, rx) = mpsc::channel();
     let job = src.clone();
@@ -1005,7 +1045,10 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
                 match claim(src, need_now, now, lim) {
                     Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
                     Claim::Taken => continue,
-                    Claim::NoSlot(record) => return obtain_local(src, need_now, lim, record),
+                    Claim::NoSlot(record) => {
+                        log_overflow(src, now);
+                        return obtain_local(src, need_now, lim, record);
+                    }
                 }
             }
         };
@@ -1037,9 +1080,57 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
         match claim(src, need_now, now, lim) {
             Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
             Claim::Taken => continue,
-            Claim::NoSlot(record) => return obtain_local(src, need_now, lim, record),
+            Claim::NoSlot(record) => {
+                log_overflow(src, now);
+                return obtain_local(src, need_now, lim, record);
+            }
         }
     }
+}
+
+/// A source that finds no slot is fetched by every new session: say so in the server log, at
+/// most once a minute for the whole cluster, so that the operator raises the slot count.
+fn log_overflow(src: &RemoteSource, now: f64) {
+    let last = &header().overflow_logged_ms;
+    let prev = last.load(Ordering::Relaxed);
+    if now_ms(now).saturating_sub(prev) < 60_000
+        || last
+            .compare_exchange(prev, now_ms(now), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    pgrx::log!(
+        "kinde_rls: the shared key cache is full (kinde_rls.jwks_cache_slots = {}): the keys of {} are cached per session, and every new session fetches them; raise kinde_rls.jwks_cache_slots to at least the number of key sources in use",
+        NSLOTS.load(Ordering::Relaxed),
+        src.label()
+    );
+}
+
+/// In shared mode, a source that holds no slot: why it is fetched per session (for
+/// `jwks_status()`).
+pub fn slot_warning(src: &RemoteSource) -> Option<String> {
+    if !shared_mode() {
+        return None;
+    }
+    if src.label().len() > LABEL_BYTES {
+        return Some(format!(
+            "the key URL is longer than {LABEL_BYTES} bytes: its keys are cached per session, not in shared memory"
+        ));
+    }
+    // Fetched by this session without a slot, and still without one.
+    let fetched_here = LOCAL.with(|l| {
+        l.borrow()
+            .get(src)
+            .is_some_and(|e| e.gen == 0 && e.last_attempt > 0.0)
+    });
+    let held = Locked::share().slots().iter().any(|s| s.holds(src));
+    (fetched_here && !held).then(|| {
+        format!(
+            "no slot in the shared key cache (kinde_rls.jwks_cache_slots = {}): these keys are cached per session, and each new session fetches them",
+            NSLOTS.load(Ordering::Relaxed)
+        )
+    })
 }
 
 fn obtain(src: &RemoteSource, need: Need) -> Result<Option<Got>, String> {

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{Map, Value};
 
+mod args;
 mod errors;
 mod gucs;
 mod identity;
@@ -83,15 +84,43 @@ fn current() -> Option<std::rc::Rc<identity::Identity>> {
     identity::current().unwrap_or_else(|e| errors::raise(&e))
 }
 
-fn obj_or_raise(claims_json: Value, arg: &str) -> Map<String, Value> {
-    match claims_json {
-        Value::Object(m) => m,
-        _ => errors::config(&kinde_rls_core::ConfigError::new(
+use args::{Jsonb, Text};
+
+fn obj_or_raise(claims_json: Jsonb, arg: &str) -> Map<String, Value> {
+    let bad = |m: String| -> ! {
+        errors::config(&kinde_rls_core::ConfigError::new(
             arg,
-            format!("{arg} must be a JSON object"),
+            m,
             format!("Pass a jsonb object as {arg}, e.g. '{{\"sub\": \"kp_123\"}}'."),
+        ))
+    };
+    match claims_json.0 {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => bad(format!("{arg} must be a JSON object")),
+        Err(e) => bad(format!("{arg} cannot be read: {e}")),
+    }
+}
+
+/// A token argument: text that is not UTF-8 is not a token (28000, `format`).
+fn token_arg(token: &Text) -> String {
+    match token.utf8() {
+        Some(t) => t.trim().to_owned(),
+        None => errors::refuse(&kinde_rls_core::Refusal::new(
+            kinde_rls_core::Check::Format,
+            "the token is not valid UTF-8",
         )),
     }
+}
+
+/// A key or algorithm argument: text that is not UTF-8 is a bad argument (22023).
+fn arg_text<'a>(value: &Text<'a>, arg: &str) -> &'a str {
+    value.utf8().unwrap_or_else(|| {
+        errors::config(&kinde_rls_core::ConfigError::new(
+            arg,
+            format!("{arg} is not valid UTF-8"),
+            format!("Pass {arg} as UTF-8 text."),
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,16 +128,18 @@ fn obj_or_raise(claims_json: Value, arg: &str) -> Map<String, Value> {
 
 /// Verify a token against the configured keys and rules; returns its claims.
 #[pg_extern(stable, strict, parallel_safe)]
-fn verify_jwt(token: &str) -> RawJsonB {
-    let id = identity::verify_configured(token.trim()).unwrap_or_else(|e| errors::raise(&e));
+fn verify_jwt(token: Text) -> RawJsonB {
+    let id = identity::verify_configured(&token_arg(&token)).unwrap_or_else(|e| errors::raise(&e));
     RawJsonB::new(id.payload_json())
 }
 
 /// Verify a token with an explicit key (HMAC secret, PEM public key, or JWK/JWKS JSON text).
 /// Checks the signature and the time claims (`exp` required, `nbf` honoured).
 #[pg_extern(name = "verify_jwt", stable, strict, parallel_safe)]
-fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256'")) -> RawJsonB {
-    let (keys, alg) = explicit_keys(key, algorithm).unwrap_or_else(|e| errors::config(&e));
+fn verify_jwt_with_key(token: Text, key: Text, algorithm: default!(Text, "'HS256'")) -> RawJsonB {
+    let token = token_arg(&token);
+    let (keys, alg) = explicit_keys(arg_text(&key, "key"), arg_text(&algorithm, "algorithm"))
+        .unwrap_or_else(|e| errors::config(&e));
     let policy = Policy {
         issuers: vec![],
         audiences: vec![],
@@ -116,7 +147,6 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
         require_sub: false,
     };
     let now = identity::now();
-    let token = token.trim().to_owned();
     let verified = errors::guarded(move || {
         kinde_rls_core::verify::verify_expecting(&token, &keys, &policy, now, Some(alg))
             .map_err(Error::from)
@@ -127,32 +157,34 @@ fn verify_jwt_with_key(token: &str, key: &str, algorithm: default!(&str, "'HS256
 
 /// Sign claims into a compact JWS. For tests, demos and the HS256 re-signing flow.
 #[pg_extern(volatile, strict, parallel_safe)]
-fn sign_jwt(claims: JsonB, key: &str, algorithm: default!(&str, "'HS256'")) -> String {
-    let claims = obj_or_raise(claims.0, "claims");
+fn sign_jwt(claims: Jsonb, key: Text, algorithm: default!(Text, "'HS256'")) -> String {
+    let claims = obj_or_raise(claims, "claims");
+    let (key, algorithm) = (arg_text(&key, "key"), arg_text(&algorithm, "algorithm"));
     kinde_rls_core::sign::sign(&claims, key, algorithm, None).unwrap_or_else(|e| errors::config(&e))
 }
 
 /// Sign with extra protected-header members, e.g. `'{"kid": "k1"}'`.
 #[pg_extern(name = "sign_jwt", volatile, strict, parallel_safe)]
-fn sign_jwt_with_header(claims: JsonB, key: &str, algorithm: &str, header: JsonB) -> String {
-    let claims = obj_or_raise(claims.0, "claims");
-    let header = obj_or_raise(header.0, "header");
+fn sign_jwt_with_header(claims: Jsonb, key: Text, algorithm: Text, header: Jsonb) -> String {
+    let claims = obj_or_raise(claims, "claims");
+    let header = obj_or_raise(header, "header");
+    let (key, algorithm) = (arg_text(&key, "key"), arg_text(&algorithm, "algorithm"));
     kinde_rls_core::sign::sign(&claims, key, algorithm, Some(&header))
         .unwrap_or_else(|e| errors::config(&e))
 }
 
 /// `{"header": …, "payload": …}` of a token, WITHOUT verifying anything. For debugging only.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn jwt_decode_unverified(token: &str) -> JsonB {
-    let token = token.trim();
-    let parts = kinde_rls_core::token::decode_parts(token).unwrap_or_else(|r| errors::refuse(&r));
+fn jwt_decode_unverified(token: Text) -> JsonB {
+    let token = token_arg(&token);
+    let parts = kinde_rls_core::token::decode_parts(&token).unwrap_or_else(|r| errors::refuse(&r));
     JsonB(serde_json::json!({ "header": parts.header, "payload": parts.payload }))
 }
 
 /// One row per rule, against the current settings: why a token would be accepted or refused.
 #[pg_extern(stable, strict, parallel_safe)]
 fn jwt_explain(
-    token: &str,
+    token: Text,
 ) -> TableIterator<
     'static,
     (
@@ -163,7 +195,8 @@ fn jwt_explain(
 > {
     let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
     let now = identity::now();
-    let token = token.trim().to_owned();
+    // Bytes that are not UTF-8 are explained too: they fail the format row.
+    let token = String::from_utf8_lossy(token.0).trim().to_owned();
     let rows = errors::guarded(move || {
         Ok(kinde_rls_core::config::explain_configured(
             &token,
@@ -268,6 +301,10 @@ fn jwks_status() -> TableIterator<
         }
         if let Some(src) = &p.remote {
             let st = jwks::status(src);
+            let warning = match (warning.clone(), jwks::slot_warning(src)) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            };
             rows.push((
                 issuer_label(p),
                 src.label().to_string(),
@@ -306,7 +343,8 @@ fn get_claims() -> Option<RawJsonB> {
 
 /// One verified claim, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
-fn get_claim(name: &str) -> Option<JsonB> {
+fn get_claim(name: Text) -> Option<JsonB> {
+    let name = name.utf8()?; // no claim has a name that is not UTF-8
     current()
         .and_then(|i| i.claims().get(name).cloned())
         .map(JsonB)
@@ -332,19 +370,26 @@ fn get_org_code() -> Option<String> {
 
 /// Does the verified token's Kinde `permissions` array contain `permission`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
-fn has_permission(permission: &str) -> bool {
+fn has_permission(permission: Text) -> bool {
+    let Some(permission) = permission.utf8() else {
+        return false;
+    };
     current().is_some_and(|i| claims::has_permission(i.claims(), permission))
 }
 
 /// Does the verified token's Kinde `roles` array hold a role with this `key`? False when anonymous.
 #[pg_extern(stable, strict, parallel_safe)]
-fn has_role(role_key: &str) -> bool {
+fn has_role(role_key: Text) -> bool {
+    let Some(role_key) = role_key.utf8() else {
+        return false;
+    };
     current().is_some_and(|i| claims::has_role(i.claims(), role_key))
 }
 
 /// The value (`v`) of a Kinde feature flag, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
-fn get_feature_flag(name: &str) -> Option<JsonB> {
+fn get_feature_flag(name: Text) -> Option<JsonB> {
+    let name = name.utf8()?;
     current()
         .and_then(|i| claims::feature_flag(i.claims(), name).cloned())
         .map(JsonB)

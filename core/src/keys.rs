@@ -534,56 +534,166 @@ pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
 
 /// What public key material this text is, if it is any: such text is never an HMAC secret,
 /// because whoever has the public key could then sign tokens (algorithm confusion, RFC 8725
-/// §2.1). Recognised: PEM blocks anywhere in the text, JSON (a JWK or JWKS), SSH public keys,
-/// and base64 DER public keys or certificates.
+/// §2.1). The test looks through what hides key material from a naive check — byte-order
+/// marks, zero-width and other invisible characters, white space anywhere, letter case,
+/// escaped line breaks, one layer of base64 or hex — and recognises PEM and RFC 4716 blocks,
+/// JSON (a JWK or JWKS), SSH public keys (text or wire format), DER public keys and
+/// certificates, X9.62 EC points on P-256/P-384, and RSA moduli. What it cannot recognise is a
+/// raw 32-byte Ed25519 key, which looks like any random secret: keep secrets and public keys
+/// apart.
 pub fn key_material_kind(text: &str) -> Option<&'static str> {
-    let t = text.trim();
-    if t.contains("-----BEGIN") {
+    let t = visible(text);
+    text_kind(&t).or_else(|| decoded_kind(&t, true))
+}
+
+/// The text without white space, byte-order marks and other invisible (format) characters,
+/// and without escaped line breaks (`\n`, `\r`, `\t` written as two characters).
+fn visible(text: &str) -> String {
+    text.replace("\\n", "")
+        .replace("\\r", "")
+        .replace("\\t", "")
+        .chars()
+        .filter(|c| {
+            !c.is_whitespace()
+                && !c.is_control()
+                && !matches!(
+                    c,
+                    '\u{00ad}'
+                        | '\u{034f}'
+                        | '\u{061c}'
+                        | '\u{115f}'
+                        | '\u{1160}'
+                        | '\u{17b4}'
+                        | '\u{17b5}'
+                        | '\u{180b}'..='\u{180f}'
+                        | '\u{200b}'..='\u{200f}'
+                        | '\u{202a}'..='\u{202e}'
+                        | '\u{2060}'..='\u{206f}'
+                        | '\u{3164}'
+                        | '\u{fe00}'..='\u{fe0f}'
+                        | '\u{feff}'
+                        | '\u{ffa0}'
+                        | '\u{fff0}'..='\u{fff8}'
+                )
+        })
+        .collect()
+}
+
+/// Markers of key material in (visible) text.
+fn text_kind(t: &str) -> Option<&'static str> {
+    let lower = t.to_ascii_lowercase();
+    if lower.contains("----begin") {
         return Some("a PEM key or certificate");
     }
-    if t.starts_with('{') || t.starts_with('[') {
+    if t.starts_with('{') || t.starts_with('[') || lower.contains("\"kty\"") {
         return Some("JSON (a JWK or JWKS)");
     }
-    if ["ssh-rsa ", "ssh-ed25519 ", "ecdsa-sha2-", "ssh-dss "]
-        .iter()
-        .any(|p| t.starts_with(p))
-    {
+    const SSH: [&str; 6] = [
+        "ssh-rsa",
+        "ssh-ed25519",
+        "ssh-dss",
+        "ecdsa-sha2-",
+        "sk-ssh-",
+        "sk-ecdsa-",
+    ];
+    if SSH.iter().any(|m| lower.contains(m)) {
         return Some("an SSH public key");
-    }
-    if looks_like_base64_der_key(t) {
-        return Some("a base64 DER public key or certificate");
     }
     None
 }
 
-/// Base64 (standard or URL alphabet, padded or not, whitespace allowed) of a DER structure
-/// naming a public-key algorithm (RSA, EC, Ed25519), or of a PKCS#1 RSA public key.
-fn looks_like_base64_der_key(t: &str) -> bool {
+/// Key material behind one layer of base64 (standard or URL alphabet) or hex.
+fn decoded_kind(t: &str, again: bool) -> Option<&'static str> {
     use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
     use base64::engine::DecodePaddingMode;
     use base64::{alphabet, Engine};
     const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
         .with_decode_allow_trailing_bits(true);
-    let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.len() < 40 {
-        return false;
+    if t.len() < 40 {
+        return None;
     }
-    let der = GeneralPurpose::new(&alphabet::STANDARD, LENIENT)
-        .decode(&compact)
-        .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT).decode(&compact));
-    let Ok(der) = der else { return false };
-    if der.first() != Some(&0x30) {
-        return false;
-    }
+    let hex_digits: String = t.chars().filter(|c| *c != ':').collect();
+    let candidates = [
+        GeneralPurpose::new(&alphabet::STANDARD, LENIENT)
+            .decode(t)
+            .ok(),
+        GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT)
+            .decode(t)
+            .ok(),
+        (hex_digits.len().is_multiple_of(2) && hex_digits.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| {
+                hex_digits
+                    .as_bytes()
+                    .chunks(2)
+                    .map(|p| {
+                        u8::from_str_radix(std::str::from_utf8(p).unwrap_or("zz"), 16).unwrap_or(0)
+                    })
+                    .collect::<Vec<u8>>()
+            }),
+    ];
+    candidates.into_iter().flatten().find_map(|bytes| {
+        binary_kind(&bytes).or_else(|| {
+            let inner = std::str::from_utf8(&bytes).ok()?;
+            let inner = visible(inner);
+            text_kind(&inner).or_else(|| {
+                if again {
+                    decoded_kind(&inner, false)
+                } else {
+                    None
+                }
+            })
+        })
+    })
+}
+
+/// Public key material in binary form.
+fn binary_kind(b: &[u8]) -> Option<&'static str> {
+    // DER: a SEQUENCE naming a public-key algorithm (SPKI, certificates), or PKCS#1.
     const OIDS: [&[u8]; 3] = [
         &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01], // pkcs-1 (rsaEncryption, RSASSA-PSS)
         &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],       // id-ecPublicKey
         &[0x06, 0x03, 0x2b, 0x65],                         // id-Ed25519 / X25519 / Ed448
     ];
-    OIDS.iter()
-        .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
-        || pkcs1_modulus_bits(&der).is_some_and(|b| b >= 512)
+    if b.first() == Some(&0x30)
+        && (OIDS
+            .iter()
+            .any(|oid| b.windows(oid.len()).any(|w| w == *oid))
+            || pkcs1_modulus_bits(b).is_some_and(|bits| bits >= 512))
+    {
+        return Some("a DER public key or certificate");
+    }
+    // SSH wire format: a length-prefixed key type name.
+    if b.len() > 11 && b[..3] == [0, 0, 0] && (7..=40).contains(&b[3]) {
+        let name = &b[4..(4 + b[3] as usize).min(b.len())];
+        if name.starts_with(b"ssh-") || name.starts_with(b"ecdsa-") || name.starts_with(b"sk-") {
+            return Some("an SSH public key");
+        }
+    }
+    // An uncompressed EC point (X9.62) on a supported curve.
+    let kind = match b.len() {
+        65 => Some(KeyKind::EcP256),
+        97 => Some(KeyKind::EcP384),
+        _ => None,
+    };
+    if let Some(kind) = kind.filter(|_| b[0] == 4) {
+        if check_ec_point(kind, b).is_ok() {
+            return Some("an EC public key (a point on its curve)");
+        }
+    }
+    // An RSA modulus (a JWK's n): full length, odd, no small factors.
+    let n = b.strip_prefix(&[0]).unwrap_or(b);
+    if matches!(n.len(), 256 | 384 | 512) && n[0] & 0x80 != 0 && n[n.len() - 1] & 1 == 1 {
+        let no_small_factor = (3u32..1000).step_by(2).all(|p| {
+            n.iter()
+                .fold(0u32, |r, &byte| ((r << 8) | u32::from(byte)) % p)
+                != 0
+        });
+        if no_small_factor {
+            return Some("an RSA modulus");
+        }
+    }
+    None
 }
 
 /// Why a text cannot be an HMAC secret.
@@ -787,51 +897,108 @@ mod tests {
         assert!(parse_jwks(&ed("k", r#","use":"sig","key_ops":["sign"]"#), false).is_err());
     }
 
+    /// Public key material in every disguise tried against the HMAC rule.
+    fn disguises() -> Vec<(&'static str, String)> {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine;
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pkcs1 = rsa.public_key().as_ref().to_vec();
+        let spki = rsa.public_key().as_der().unwrap().as_ref().to_vec();
+        // PKCS#1: SEQUENCE { INTEGER n, INTEGER e }.
+        let (_, used) = der_len(&pkcs1, 1).unwrap();
+        let (n_len, n_used) = der_len(&pkcs1, 2 + used).unwrap();
+        let n_at = 2 + used + n_used;
+        let modulus = pkcs1[n_at..n_at + n_len].to_vec();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = ec.public_key().as_ref().to_vec();
+        let b64 = STANDARD.encode(&spki);
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            b64.as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let jwk = ed("k", "");
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let ssh_body = {
+            let mut w = vec![0, 0, 0, 11];
+            w.extend_from_slice(b"ssh-ed25519");
+            w.extend_from_slice(&[0, 0, 0, 32]);
+            w.extend_from_slice(&b64_decode(ED_X, "x").unwrap());
+            STANDARD.encode(w)
+        };
+        vec![
+            ("PEM", pem.clone()),
+            ("PEM", format!("# kinde public key\r\n{pem}")),
+            ("PEM", pem.to_lowercase()),
+            (
+                "PEM",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----".into(),
+            ),
+            (
+                "PEM",
+                format!(
+                    "---- BEGIN SSH2 PUBLIC KEY ----\n{ssh_body}\n---- END SSH2 PUBLIC KEY ----"
+                ),
+            ),
+            ("PEM", STANDARD.encode(&pem)),
+            ("JSON", jwk.clone()),
+            ("JSON", format!("\u{feff}{jwk}")),
+            ("JSON", format!("\u{200b}{{\"keys\":[{jwk}]}}\r\n")),
+            (
+                "JSON",
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]".into(),
+            ),
+            ("JSON", URL_SAFE_NO_PAD.encode(&jwk)),
+            ("SSH", format!("ssh-ed25519 {ssh_body} user@host")),
+            ("SSH", format!("ssh-rsa\t{ssh_body}")),
+            (
+                "SSH",
+                format!("no-pty,from=\"10.0.0.1\" ssh-ed25519 {ssh_body}"),
+            ),
+            ("SSH", format!("sk-ssh-ed25519@openssh.com {ssh_body}")),
+            ("SSH", ssh_body.clone()),
+            ("DER", b64.clone()),
+            ("DER", URL_SAFE_NO_PAD.encode(&spki)),
+            ("DER", format!("\u{feff}{b64}")),
+            (
+                "DER",
+                b64.as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("\\n"),
+            ),
+            ("DER", STANDARD.encode(&pkcs1)),
+            ("DER", hex(&spki)),
+            ("DER", hex(&pkcs1).to_uppercase()),
+            (
+                "DER",
+                spki.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            ("EC", STANDARD.encode(&point)),
+            ("EC", hex(&point)),
+            ("RSA modulus", URL_SAFE_NO_PAD.encode(&modulus)),
+            ("RSA modulus", hex(&modulus)),
+        ]
+    }
+
     #[test]
     fn public_key_text_is_never_an_hmac_secret() {
-        use base64::Engine;
-        let spki = {
-            let mut d = vec![
-                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-            ];
-            d.extend_from_slice(&b64_decode(ED_X, "x").unwrap());
-            d
-        };
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&spki);
-        for (text, kind) in [
-            (
-                format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
-                "PEM",
-            ),
-            (
-                format!(
-                    "comment line\n-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----"
-                ),
-                "PEM",
-            ),
-            (
-                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----".into(),
-                "PEM",
-            ),
-            (ed("k", ""), "JSON"),
-            (format!(r#"  {{"keys":[{}]}}"#, ed("k", "")), "JSON"),
-            (
-                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]".into(),
-                "JSON",
-            ),
-            (format!("ssh-ed25519 {b64} user@host"), "SSH"),
-            (b64.clone(), "base64 DER"),
-            (
-                b64.replace('+', "-")
-                    .replace('/', "_")
-                    .trim_end_matches('=')
-                    .into(),
-                "base64 DER",
-            ),
-        ] {
+        for (kind, text) in disguises() {
             match check_hmac_secret(&text, 32) {
-                Err(SecretProblem::KeyMaterial(k)) => assert!(k.contains(kind), "{text}: {k}"),
-                other => panic!("{text}: {other:?}"),
+                Err(SecretProblem::KeyMaterial(k)) => assert!(k.contains(kind), "{text:?}: {k}"),
+                other => panic!("{kind}: {text:?}: {other:?}"),
             }
         }
         // Real secrets pass; short ones do not, and the message never says how long they are.
@@ -844,10 +1011,36 @@ mod tests {
         let msg = SecretProblem::TooShort(64).describe("kinde_rls.secret");
         assert!(!msg.contains(&kinde.len().to_string()), "{msg}");
         // An explicit oct JWK whose k is a PEM is refused too.
-        let k = crate::token::b64_encode(
-            format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----").as_bytes(),
-        );
+        let (_, pem) = disguises().remove(0);
+        let k = crate::token::b64_encode(pem.as_bytes());
         let e = parse_jwks(&format!(r#"{{"kty":"oct","k":"{k}"}}"#), true).unwrap_err();
         assert!(e.contains("not a shared secret"), "{e}");
+    }
+
+    #[test]
+    fn random_secrets_are_not_mistaken_for_keys() {
+        // Secrets as people make them: alphanumeric, hex, base64 of 32 to 128 random bytes.
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let mut refused = 0;
+        for i in 0..2000 {
+            let mut bytes = vec![0u8; 32 + i % 97];
+            aws_lc_rs::rand::SecureRandom::fill(&rng, &mut bytes).unwrap();
+            let alnum: String = bytes
+                .iter()
+                .map(|b| {
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                        [*b as usize % 62] as char
+                })
+                .collect();
+            let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+            for s in [alnum, hex, STANDARD.encode(&bytes)] {
+                if key_material_kind(&s).is_some() {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 0);
     }
 }

@@ -249,17 +249,37 @@ def _public_texts(signers):
 
     from kinde import pem_public
 
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
     pem = pem_public(signers["rsa"].key)
+    der = base64.b64decode("".join(pem.splitlines()[1:-1]))
+    ssh = signers["ed25519"].key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                           serialization.PublicFormat.OpenSSH).decode()
+    body = ssh.split()[1]
+    jwks_text = json.dumps({"keys": [signers["rsa"].jwk()]})
     return {
         "pem": pem,
         "pem_after_a_comment": "# kinde public key\n" + pem,
+        "pem_lower_case": pem.lower(),
         "jwk": json.dumps(signers["rsa"].jwk()),
-        "jwks": json.dumps({"keys": [signers["rsa"].jwk()]}),
+        "jwks": jwks_text,
+        "jwks_after_a_bom": "\ufeff" + jwks_text + "\r\n",
         "base64_der": "".join(pem.splitlines()[1:-1]),
+        "hex_der": der.hex(),
+        "ssh": ssh,
+        "ssh_rfc4716": f"---- BEGIN SSH2 PUBLIC KEY ----\n{body}\n---- END SSH2 PUBLIC KEY ----\n",
+        "ssh_body": body,
+        "n_of_the_jwk": signers["rsa"].jwk()["n"],
     }
 
 
-@pytest.mark.parametrize("form", ["pem", "pem_after_a_comment", "jwk", "jwks", "base64_der"])
+PUBLIC_FORMS = ["pem", "pem_after_a_comment", "pem_lower_case", "jwk", "jwks", "jwks_after_a_bom", "base64_der",
+                "hex_der", "ssh", "ssh_rfc4716", "ssh_body", "n_of_the_jwk"]
+
+
+@pytest.mark.parametrize("form", PUBLIC_FORMS)
 def test_public_key_text_in_kinde_rls_secret_is_refused(cluster, signers, form):
     """Whoever has the public key could forge HS256 tokens if it were the HMAC secret."""
     from kinde import kinde_access_claims
@@ -280,24 +300,26 @@ def test_public_key_text_in_kinde_rls_secret_is_refused(cluster, signers, form):
         assert ei.value.sqlstate == "22023"
 
 
-def test_public_key_text_in_the_secret_file_is_refused(cluster, signers):
+@pytest.mark.parametrize("form", ["jwks", "jwks_after_a_bom", "ssh_rfc4716", "pem"])
+def test_public_key_text_in_the_secret_file_is_refused(cluster, signers, form):
     from kinde import kinde_access_claims
     from pg import write_server_file
 
-    text = _public_texts(signers)["jwks"]
-    path = os.path.join(cluster.dir, "secret_is_a_jwks")
+    text = _public_texts(signers)[form]
+    path = os.path.join(cluster.dir, f"secret_is_{form}")
     write_server_file(path, text + "\n", 0o600)
-    forged = _hs256_with(text.encode(), kinde_access_claims("kp_victim"))
+    # Forged with the file's bytes as the server would read them (less a trailing newline).
+    forged = _hs256_with(text.rstrip("\r\n").encode(), kinde_access_claims("kp_victim"))
     with cluster.connect(dbname="app") as su:
         su.execute(f"SET kinde_rls.secret_file = '{path}'")
         with pytest.raises(psycopg.Error) as ei:
             su.execute("SELECT verify_jwt(%s)", (forged,))
     assert ei.value.sqlstate == "22023"
-    assert ei.value.diag.message_primary.startswith("kinde_rls.secret_file holds JSON"), ei.value.diag.message_primary
+    assert ei.value.diag.message_primary.startswith("kinde_rls.secret_file holds "), ei.value.diag.message_primary
     assert "kinde_rls.secret_file" in ei.value.diag.message_hint
 
 
-@pytest.mark.parametrize("form", ["pem", "pem_after_a_comment", "base64_der"])
+@pytest.mark.parametrize("form", PUBLIC_FORMS)
 def test_public_key_text_as_an_explicit_hmac_key_is_refused(user_conn, signers, form):
     from kinde import kinde_access_claims
 
@@ -485,3 +507,95 @@ def test_a_token_that_is_not_utf8_is_refused_not_anonymous(cluster, sql_ascii_db
         with pytest.raises(psycopg.Error) as ei:
             c.execute("SELECT get_user_id()")
         assert ei.value.sqlstate == "28000"
+
+
+# -- non-UTF-8 arguments and unreadable jsonb: never XX000 -------------------------------------
+
+def test_arguments_that_are_not_utf8_are_refused_not_panics(cluster, sql_ascii_db):
+    with cluster.connect(user="app_user", dbname=sql_ascii_db) as c:
+        for sql in [r"SELECT verify_jwt(E'eyJh\xff.eyJi.c2ln')", r"SELECT jwt_decode_unverified(E'\xff.a.b')"]:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(sql)
+            assert ei.value.sqlstate == "28000", (sql, ei.value)
+            assert ei.value.diag.message_detail == "the token is not valid UTF-8"
+        for sql, arg in [(r"SELECT verify_jwt('a.b.c', E'\xff' || repeat('k', 40), 'HS256')", "key"),
+                         (r"SELECT verify_jwt('a.b.c', repeat('k', 40), E'HS\xff')", "algorithm"),
+                         (r"SELECT sign_jwt('{}'::jsonb, E'\xff' || repeat('k', 40))", "key")]:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(sql)
+            assert ei.value.sqlstate == "22023", (sql, ei.value)
+            assert ei.value.diag.message_primary == f"{arg} is not valid UTF-8"
+        rows = c.execute(r"""SELECT "check", ok FROM jwt_explain(E'eyJh\xff.eyJi.c2ln')""").fetchall()
+        assert rows[0] == (b"format", False)  # SQL_ASCII: text comes back as bytes
+        assert one(c, r"SELECT has_role(E'\xff')") is False
+        assert one(c, r"SELECT has_permission(E'\xff')") is False
+        assert one(c, r"SELECT get_claim(E'\xff')") is None
+        assert one(c, r"SELECT get_feature_flag(E'\xff')") is None
+
+
+@pytest.mark.parametrize("claims", ['{"n": 1e400}', '{"deep": ' + "[" * 200 + "1" + "]" * 200 + "}"])
+def test_jsonb_that_cannot_be_read_is_a_bad_argument_not_a_panic(user_conn, claims):
+    for sql in ["SELECT sign_jwt(%s::jsonb, repeat('k', 40))",
+                "SELECT sign_jwt('{}'::jsonb, repeat('k', 40), 'HS256', %s::jsonb)"]:
+        with pytest.raises(psycopg.Error) as ei:
+            user_conn.execute(sql, (claims,))
+        assert ei.value.sqlstate == "22023", (sql, ei.value)
+        assert "cannot be read" in ei.value.diag.message_primary
+
+
+# -- an identity can only be set in a session ---------------------------------------------------
+
+def test_a_role_cannot_make_its_token_every_connections_default(cluster, signers):
+    """Any role may set its own defaults (ALTER ROLE … SET): a token stored there would be the
+    identity of every later connection of that role, surviving RESET ALL and DISCARD ALL."""
+    from kinde import kinde_access_claims
+
+    mallory = signers["rsa"].sign(kinde_access_claims("kp_mallory"), "RS256")
+    with cluster.connect(user="app_user", dbname="app") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"ALTER ROLE app_user SET kinde_rls.token = '{mallory}'")
+        assert ei.value.sqlstate == "22023"
+        assert "can only be set in a session" in ei.value.diag.message_primary
+        assert "SET LOCAL" in ei.value.diag.message_hint
+    with cluster.connect(dbname="app") as su:
+        for sql in [f"CREATE FUNCTION as_mallory() RETURNS int LANGUAGE sql SET kinde_rls.token = '{mallory}' AS 'SELECT 1'",
+                    f"ALTER DATABASE app SET kinde_rls.token = '{mallory}'",
+                    f"ALTER ROLE ALL SET kinde_rls.token = '{mallory}'"]:
+            with pytest.raises(psycopg.Error) as ei:
+                su.execute(sql)
+            assert ei.value.sqlstate == "22023", sql
+    # A connection option is refused too: it would be the session's reset value.
+    with pytest.raises(psycopg.Error) as ei:
+        psycopg.connect(cluster.conninfo("app_user", "app"), options=f"-c kinde_rls.token={mallory}")
+    assert "can only be set in a session" in str(ei.value)
+
+
+@pytest.mark.parametrize("name", ["request.headers", "request.jwt.claims"])
+def test_request_settings_inherited_from_a_default_are_not_a_request(cluster, signers, name):
+    """The same for PostgREST's request settings, which kinde_rls does not own (PostgreSQL lets
+    only superusers, or roles granted SET on them, store such defaults): a role or database
+    default is not a request's, so it is ignored — also after DISCARD ALL."""
+    import json
+
+    from kinde import kinde_access_claims
+
+    mallory = signers["rsa"].sign(kinde_access_claims("kp_mallory"), "RS256")
+    value = json.dumps({"authorization": f"Bearer {mallory}"}) if name == "request.headers" else mallory
+    with cluster.connect(dbname="app") as su:
+        su.execute(f"ALTER ROLE app_user SET {name} = '{value}'")
+    try:
+        with cluster.connect(user="app_user", dbname="app") as c:
+            assert one(c, f"SELECT current_setting('{name}')") == value
+            assert one(c, "SELECT get_user_id()") is None
+            c.execute("DISCARD ALL")
+            assert one(c, "SELECT get_user_id()") is None
+            # Set in the session, the same value counts.
+            c.execute("SELECT set_config(%s, %s, false)", (name, value))
+            assert one(c, "SELECT get_user_id()") is None  # equal to the default: still not the request's
+            other = signers["rsa"].sign(kinde_access_claims("kp_request"), "RS256")
+            c.execute("SELECT set_config(%s, %s, false)",
+                      (name, json.dumps({"authorization": f"Bearer {other}"}) if name == "request.headers" else other))
+            assert one(c, "SELECT get_user_id()") == "kp_request"
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute(f"ALTER ROLE app_user RESET {name}")

@@ -386,3 +386,19 @@ def test_trusted_request_claims_with_a_nul_are_refused(cluster, db_settings):
             c.execute("SELECT set_config('request.jwt.claims', %s, true)", ('{"sub":"kp_t","x":"a\\u0000"}',))
             e = refused(c, "SELECT get_claims()", check="format")
             assert 'member "x" contains a NUL character' in e.diag.message_detail
+
+
+@pytest.mark.parametrize("extra", ['"profile": {"x": 1e400}', '"deep": ' + "[" * 200 + "1" + "]" * 200])
+def test_a_payload_the_claim_helpers_could_not_read_is_refused(cluster, extra):
+    """A claim that verification could skip but the claim map cannot hold (a number beyond
+    f64, nesting beyond 128) would make has_role('banned') answer "no" for a banned user: the
+    token is refused instead (28000 format), by every function."""
+    claims = kinde_id_claims("kp_banned")
+    claims["roles"] = [{"key": "banned"}]
+    t = _with_raw_payload(json.dumps(claims)[:-1] + ", " + extra + "}")
+    with cluster.connect(user="app_user", dbname="app") as c:
+        refused(c, "SELECT verify_jwt(%s)", (t,), check="format")
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
+        for sql in ["SELECT has_role('banned')", "SELECT get_user_id()", "SELECT get_claims()"]:
+            refused(c, sql, check="format")
+        c.execute("RESET kinde_rls.token")
