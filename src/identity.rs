@@ -32,6 +32,8 @@ pub struct Identity {
     /// The payload as validated JSON text.
     payload: String,
     claims: once_cell::unsync::OnceCell<Map<String, Value>>,
+    /// Where each claim sits in `payload`, built once when a function first asks for one claim.
+    spans: once_cell::unsync::OnceCell<HashMap<String, (usize, usize)>>,
     pub sub: Option<String>,
     /// Last second (exclusive) at which this identity may be used: `exp + leeway`.
     pub valid_until: i64,
@@ -43,6 +45,7 @@ impl Identity {
         Identity {
             payload: v.payload,
             claims: once_cell::unsync::OnceCell::new(),
+            spans: once_cell::unsync::OnceCell::new(),
             sub,
             valid_until,
         }
@@ -53,6 +56,7 @@ impl Identity {
         Identity {
             payload: text.to_owned(),
             claims: once_cell::unsync::OnceCell::from(map),
+            spans: once_cell::unsync::OnceCell::new(),
             sub,
             valid_until,
         }
@@ -67,6 +71,15 @@ impl Identity {
     /// The claims as JSON text (what `verify_jwt` returns, without a round trip through a map).
     pub fn payload_json(&self) -> &str {
         &self.payload
+    }
+
+    /// One claim as the JSON text it was signed as: what `get_claim()` returns, so that a big
+    /// integer or a long decimal reads exactly as in `get_claims()`.
+    pub fn claim_json(&self, name: &str) -> Option<&str> {
+        let spans = self
+            .spans
+            .get_or_init(|| token::member_spans(&self.payload));
+        spans.get(name).map(|&(a, b)| &self.payload[a..b])
     }
 }
 
@@ -410,6 +423,12 @@ fn still_valid(id: &Option<Rc<Identity>>, now: i64) -> bool {
 /// (`SET`, `set_config(…, false)`): behind a transaction-mode pooler the next client on this
 /// server connection would inherit it. Say so, once per value.
 fn warn_if_session_token(s: &mut State, gen: u64) {
+    // A parallel worker restores the leader's settings in a transaction of its own, so its
+    // count of ended transactions says nothing about the leader's; the leader warns.
+    // SAFETY: a plain read of a backend global.
+    if unsafe { pgrx::pg_sys::ParallelWorkerNumber } >= 0 {
+        return;
+    }
     if s.warned_token_gen == gen
         || gucs::TOKEN_SET_AT.load(Ordering::Relaxed) == gucs::XACT_COUNT.load(Ordering::Relaxed)
     {

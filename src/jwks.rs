@@ -72,8 +72,6 @@ struct Slot {
     discovery: bool,
     /// The last fetch attempt failed.
     last_failed: bool,
-    /// Restored if the fetch in progress is abandoned (cancelled, or its backend died).
-    prev_failed: bool,
     fetcher_pid: i32,
     label_len: u16,
     url_len: u16,
@@ -88,7 +86,6 @@ struct Slot {
     fetched_at: f64,
     expires_at: f64,
     last_attempt: f64,
-    prev_attempt: f64,
     fetching_since: f64,
     /// Last use, in milliseconds since the epoch: updated under the shared lock, hence atomic.
     last_used_ms: AtomicU64,
@@ -363,8 +360,6 @@ impl Slot {
         self.expires_at = 0.0;
         self.last_attempt = 0.0;
         self.last_failed = false;
-        self.prev_attempt = 0.0;
-        self.prev_failed = false;
         self.fetching_since = 0.0;
         self.fetcher_pid = 0;
         self.last_used_ms.store(now_ms(now), Ordering::Relaxed);
@@ -372,12 +367,12 @@ impl Slot {
     }
 
     /// Give up this backend's claim on a fetch (cancelled, or the backend is exiting): nobody
-    /// waits for it any more, and the attempt does not count against the rate limit.
+    /// waits for it any more. The attempt still counts against the rate limit — otherwise
+    /// cancelling one's own queries (`statement_timeout` is anyone's to set) would be a way to
+    /// make the server fetch as often as one likes — but it is not recorded as a failure.
     fn release_claim(&mut self) {
         self.fetching_since = 0.0;
         self.fetcher_pid = 0;
-        self.last_attempt = self.prev_attempt;
-        self.last_failed = self.prev_failed;
     }
 }
 
@@ -397,10 +392,16 @@ fn find_recent(l: &Locked, key: u64) -> Option<Record> {
     })
 }
 
+/// How a fetch went, for its record.
+enum Outcome<'a> {
+    /// Started; not known yet (an interrupted fetch stays here).
+    Started,
+    Done(&'a Result<Fetched, String>),
+}
+
 /// Record a fetch of `src` started `at`, and how it went, for every backend's rate limit.
-fn record_recent(l: &mut Locked, src: &RemoteSource, at: f64, result: &Result<Fetched, String>) {
+fn record_recent(l: &mut Locked, src: &RemoteSource, at: f64, outcome: Outcome) {
     let key = source_key(src);
-    let error = result.as_ref().err().map(String::as_str);
     let recent = l.recent_mut();
     let i = recent.iter().position(|r| r.key == key).unwrap_or_else(|| {
         // The oldest record makes room (a zeroed record is the oldest of all).
@@ -411,10 +412,17 @@ fn record_recent(l: &mut Locked, src: &RemoteSource, at: f64, result: &Result<Fe
             .map_or(0, |(i, _)| i)
     });
     let r = &mut recent[i];
-    r.key = key;
+    if r.key != key {
+        r.key = key;
+        r.last_failed = false;
+        r.err_len = 0;
+    }
     r.last_attempt = at;
-    r.last_failed = error.is_some();
-    r.err_len = copy_in(&mut r.err, error.unwrap_or("")) as u16;
+    if let Outcome::Done(result) = outcome {
+        let error = result.as_ref().err();
+        r.last_failed = error.is_some();
+        r.err_len = copy_in(&mut r.err, error.map_or("", String::as_str)) as u16;
+    }
 }
 
 fn my_pid() -> i32 {
@@ -530,16 +538,42 @@ fn answer_interrupts() {
     std::panic::resume_unwind(payload)
 }
 
+/// Where a fetch thread's answer arrives.
+type Answer = mpsc::Receiver<Result<Fetched, String>>;
+
+thread_local! {
+    /// Fetches whose wait was interrupted, still running or done but not collected: a later
+    /// fetch of the same source takes a successful answer from here instead of asking the
+    /// issuer again (so cancelling does not multiply requests), and starts afresh otherwise.
+    static ABANDONED: RefCell<Vec<(RemoteSource, Answer)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A successful answer of an abandoned fetch of `src`, if one has arrived; answers that are no
+/// use (failures, other sources done) are dropped on the way.
+fn collect_abandoned(src: &RemoteSource) -> Option<Fetched> {
+    ABANDONED.with(|a| {
+        let mut a = a.borrow_mut();
+        let mut found = None;
+        a.retain(|(s, rx)| match rx.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => true,
+            Ok(Ok(f)) if found.is_none() && s == src => {
+                found = Some(f);
+                false
+            }
+            _ => false,
+        });
+        found
+    })
+}
+
 /// Fetch a source's keys on a helper thread (bounded by `timeout`) while this backend waits on
-/// its latch, waking every 20 ms to answer interrupts. A cancel abandons the fetch: the thread
-/// finishes on its own (it touches nothing of PostgreSQL's) and its answer is dropped; the next
-/// request starts afresh, in case the issuer has recovered.
+/// its latch, waking every 20 ms to answer interrupts. A cancel abandons the wait: the thread
+/// finishes on its own (it touches nothing of PostgreSQL's); a later fetch of the source uses
+/// its answer if it succeeded, and otherwise starts afresh, in case the issuer has recovered.
 fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched, String> {
-    // Interrupted fetches still running hold threads: wait (interruptibly, and never longer than
-    // their own timeouts) for one to end rather than start another. Waiting is not a failure of
-    // the issuer, so nothing is recorded against it.
-    while LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {
-        pause(20);
+    if let Some(f) = collect_abandoned(src) {
+        return Ok(f);
     }
     let (tx, rx) = mpsc::channel();
     let job = src.clone();
@@ -554,7 +588,7 @@ fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched,
         LIVE_FETCHES.fetch_sub(1, Ordering::Relaxed);
         return Err(format!("could not start the fetch: {e}"));
     }
-    loop {
+    let wait = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
         match rx.try_recv() {
             Ok(r) => return r,
             Err(mpsc::TryRecvError::Disconnected) => {
@@ -562,7 +596,29 @@ fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched,
             }
             Err(mpsc::TryRecvError::Empty) => pause(20),
         }
+    }));
+    match wait {
+        Ok(r) => r,
+        Err(payload) => {
+            ABANDONED.with(|a| a.borrow_mut().push((src.clone(), rx)));
+            std::panic::resume_unwind(payload)
+        }
     }
+}
+
+/// Interrupted fetches still running hold threads: before starting another, wait
+/// (interruptibly) for one to end, until `deadline` at the most. Called before any claim on the
+/// shared cache is made, and not a failure of the issuer: nothing is recorded against it.
+fn fetch_capacity(deadline: f64) -> Result<(), String> {
+    while LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {
+        if wall_clock() >= deadline {
+            return Err(format!(
+                "{MAX_LIVE_FETCHES} earlier key fetches of this session, interrupted, are still running"
+            ));
+        }
+        pause(20);
+    }
+    Ok(())
 }
 
 /// Run `f`; if it unwinds (a PostgreSQL ERROR such as a cancel, raised while waiting), run
@@ -715,9 +771,15 @@ fn obtain_local(
             lim,
         )),
         Action::Fetch | Action::Wait => {
+            fetch_capacity(now + lim.timeout)?;
+            // The attempt counts from its start, also if it is interrupted (see release_claim).
+            LOCAL.with(|l| l.borrow_mut().entry(src.clone()).or_default().last_attempt = now);
+            if shared_mode() {
+                record_recent(&mut Locked::exclusive(), src, now, Outcome::Started);
+            }
             let result = fetch_interruptibly(src, timeout(lim));
             if shared_mode() {
-                record_recent(&mut Locked::exclusive(), src, now, &result);
+                record_recent(&mut Locked::exclusive(), src, now, Outcome::Done(&result));
             }
             finish_local(src, need, lim, now, result)
         }
@@ -901,8 +963,6 @@ fn claim(src: &RemoteSource, need: Need, now: f64, lim: &Limits) -> Claim {
     if decide(&slot.times(), need, now, lim) != Action::Fetch {
         return Claim::Taken;
     }
-    slot.prev_attempt = slot.last_attempt;
-    slot.prev_failed = slot.last_failed;
     slot.fetching_since = now;
     slot.fetcher_pid = my_pid();
     slot.last_attempt = now;
@@ -923,6 +983,8 @@ fn abandon(src: &RemoteSource, claimed_at: f64) {
     {
         s.release_claim();
     }
+    // The attempt counts for the rate limit, also after the slot is evicted.
+    record_recent(&mut l, src, claimed_at, Outcome::Started);
 }
 
 /// Fetch for a slot this backend claimed, store the result there for everyone, and answer.
@@ -940,7 +1002,7 @@ fn fetch_for_slot(
     let pid = my_pid();
     let outcome = {
         let mut l = Locked::exclusive();
-        record_recent(&mut l, src, now, &result);
+        record_recent(&mut l, src, now, Outcome::Done(&result));
         let mut bump = None;
         let snapshot = l
             .slots_mut()
@@ -1042,6 +1104,7 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
                 if decide(&t, need_now, now, lim) != Action::Fetch {
                     return obtain_local(src, need_now, lim, record);
                 }
+                fetch_capacity(deadline)?;
                 match claim(src, need_now, now, lim) {
                     Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
                     Claim::Taken => continue,
@@ -1077,6 +1140,7 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
             }
             Action::Fetch => {}
         }
+        fetch_capacity(deadline)?;
         match claim(src, need_now, now, lim) {
             Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
             Claim::Taken => continue,

@@ -6,7 +6,6 @@
 //! [`identity`]; the SQLSTATE mapping in [`errors`].
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{Map, Value};
 
 mod args;
@@ -39,12 +38,31 @@ impl RawJsonB {
 
 impl pgrx::IntoDatum for RawJsonB {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        unsafe {
+        // The payload was validated (no NUL, numbers jsonb can hold), so jsonb_in is not
+        // expected to refuse it; should it (a \u escape beyond ASCII in a database that is not
+        // UTF8), that is a token this database cannot represent: refused, never an error
+        // from deep inside (with a Rust backtrace when RUST_BACKTRACE is set).
+        let text = std::panic::AssertUnwindSafe(self.0);
+        pgrx::PgTryBuilder::new(move || unsafe {
             pgrx::direct_function_call_as_datum(
                 pg_sys::jsonb_in,
-                &[Some(pg_sys::Datum::from(self.0.as_ptr()))],
+                &[Some(pg_sys::Datum::from(text.as_ptr()))],
             )
-        }
+        })
+        .catch_others(|e| {
+            let why = match &e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    r.message().to_owned()
+                }
+            };
+            errors::refuse(&kinde_rls_core::Refusal::new(
+                kinde_rls_core::Check::Format,
+                format!("the claims cannot be stored as jsonb in this database ({why})"),
+            ))
+        })
+        .execute()
     }
 
     fn type_oid() -> pg_sys::Oid {
@@ -175,10 +193,14 @@ fn sign_jwt_with_header(claims: Jsonb, key: Text, algorithm: Text, header: Jsonb
 
 /// `{"header": …, "payload": …}` of a token, WITHOUT verifying anything. For debugging only.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn jwt_decode_unverified(token: Text) -> JsonB {
+fn jwt_decode_unverified(token: Text) -> RawJsonB {
     let token = token_arg(&token);
     let parts = kinde_rls_core::token::decode_parts(&token).unwrap_or_else(|r| errors::refuse(&r));
-    JsonB(serde_json::json!({ "header": parts.header, "payload": parts.payload }))
+    // As sent (numbers unrounded), like verify_jwt() returns the payload.
+    RawJsonB::new(&format!(
+        r#"{{"header": {}, "payload": {}}}"#,
+        parts.header_json, parts.payload_json
+    ))
 }
 
 /// One row per rule, against the current settings: why a token would be accepted or refused.
@@ -343,11 +365,9 @@ fn get_claims() -> Option<RawJsonB> {
 
 /// One verified claim, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
-fn get_claim(name: Text) -> Option<JsonB> {
+fn get_claim(name: Text) -> Option<RawJsonB> {
     let name = name.utf8()?; // no claim has a name that is not UTF-8
-    current()
-        .and_then(|i| i.claims().get(name).cloned())
-        .map(JsonB)
+    current().and_then(|i| i.claim_json(name).map(RawJsonB::new))
 }
 
 /// The verified `email` claim, or NULL.
@@ -388,11 +408,12 @@ fn has_role(role_key: Text) -> bool {
 
 /// The value (`v`) of a Kinde feature flag, or NULL.
 #[pg_extern(stable, strict, parallel_safe)]
-fn get_feature_flag(name: Text) -> Option<JsonB> {
+fn get_feature_flag(name: Text) -> Option<RawJsonB> {
     let name = name.utf8()?;
-    current()
-        .and_then(|i| claims::feature_flag(i.claims(), name).cloned())
-        .map(JsonB)
+    current().and_then(|i| {
+        let flags = i.claim_json("feature_flags")?;
+        claims::feature_flag_json(flags, name).map(RawJsonB::new)
+    })
 }
 
 #[cfg(any(test, feature = "pg_test"))]

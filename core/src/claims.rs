@@ -44,6 +44,18 @@ pub fn has_role(claims: &Map<String, Value>, role_key: &str) -> bool {
     }))
 }
 
+/// [`feature_flag`] as the JSON text it was signed as (numbers unrounded), from the text of the
+/// `feature_flags` claim.
+pub fn feature_flag_json<'a>(feature_flags_json: &'a str, name: &str) -> Option<&'a str> {
+    let flag = crate::token::raw_member(feature_flags_json, name)?;
+    if flag.trim_start().starts_with('{') {
+        if let Some(v) = crate::token::raw_member(flag, "v") {
+            return Some(v);
+        }
+    }
+    Some(flag)
+}
+
 /// Kinde `feature_flags`: `{name: {"t": type, "v": value}}`; returns `v`. A flag that is not in
 /// that shape is returned as it is.
 pub fn feature_flag<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {

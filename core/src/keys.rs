@@ -419,7 +419,9 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, St
         }
         "oct" if allow_oct => {
             let k = jwk_bytes(jwk, "k")?;
-            if let Some(what) = std::str::from_utf8(&k).ok().and_then(key_material_kind) {
+            let what = binary_kind(&k)
+                .or_else(|| std::str::from_utf8(&k).ok().and_then(key_material_kind));
+            if let Some(what) = what {
                 return Err(format!(
                     "member k holds {what}, not a shared secret; pass public keys as PEM or JWK"
                 ));
@@ -536,14 +538,53 @@ pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
 /// because whoever has the public key could then sign tokens (algorithm confusion, RFC 8725
 /// §2.1). The test looks through what hides key material from a naive check — byte-order
 /// marks, zero-width and other invisible characters, white space anywhere, letter case,
-/// escaped line breaks, one layer of base64 or hex — and recognises PEM and RFC 4716 blocks,
-/// JSON (a JWK or JWKS), SSH public keys (text or wire format), DER public keys and
-/// certificates, X9.62 EC points on P-256/P-384, and RSA moduli. What it cannot recognise is a
-/// raw 32-byte Ed25519 key, which looks like any random secret: keep secrets and public keys
-/// apart.
+/// escaped line breaks, a JSON string literal, percent-encoding, up to three layers of base64
+/// or hex, text around a base64 run — and recognises PEM and RFC 4716 blocks (or their END
+/// lines), JWKs and JWKS (JSON, or YAML-like `kty:`), SSH public keys (text or wire format),
+/// DER public keys and certificates, and uncompressed EC points on P-256/P-384 (with or
+/// without their `04` prefix). What it cannot tell from a random secret, and so does not
+/// refuse: a key's bare numbers — an RSA modulus, an Ed25519 key, a compressed EC point — in
+/// whatever encoding. Keep secrets and public keys apart.
 pub fn key_material_kind(text: &str) -> Option<&'static str> {
+    kind_at_depth(text, 3)
+}
+
+fn kind_at_depth(text: &str, depth: u8) -> Option<&'static str> {
     let t = visible(text);
-    text_kind(&t).or_else(|| decoded_kind(&t, true))
+    if let Some(kind) = text_kind(&t) {
+        return Some(kind);
+    }
+    if depth == 0 {
+        return None;
+    }
+    // A JSON string literal, and percent-encoding: one unwrapping each.
+    if let Ok(serde_json::Value::String(inner)) = serde_json::from_str::<serde_json::Value>(&t) {
+        if let Some(kind) = kind_at_depth(&inner, depth - 1) {
+            return Some(kind);
+        }
+    }
+    if t.contains('%') {
+        if let Some(kind) = percent_decoded(&t).and_then(|d| kind_at_depth(&d, depth - 1)) {
+            return Some(kind);
+        }
+    }
+    decoded_kind(&t, depth)
+}
+
+fn percent_decoded(t: &str) -> Option<String> {
+    let b = t.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The text without white space, byte-order marks and other invisible (format) characters,
@@ -582,10 +623,12 @@ fn visible(text: &str) -> String {
 /// Markers of key material in (visible) text.
 fn text_kind(t: &str) -> Option<&'static str> {
     let lower = t.to_ascii_lowercase();
-    if lower.contains("----begin") {
+    if lower.contains("----begin") || lower.contains("----end") {
         return Some("a PEM key or certificate");
     }
-    if t.starts_with('{') || t.starts_with('[') || lower.contains("\"kty\"") {
+    let json = (t.starts_with('{') || t.starts_with('['))
+        && serde_json::from_str::<serde_json::Value>(t).is_ok();
+    if json || lower.contains("\"kty\"") || lower.contains("kty:") || lower.contains("kty\":") {
         return Some("JSON (a JWK or JWKS)");
     }
     const SSH: [&str; 6] = [
@@ -602,8 +645,9 @@ fn text_kind(t: &str) -> Option<&'static str> {
     None
 }
 
-/// Key material behind one layer of base64 (standard or URL alphabet) or hex.
-fn decoded_kind(t: &str, again: bool) -> Option<&'static str> {
+/// Key material behind a layer of base64 (standard or URL alphabet) or hex — of the whole
+/// text, or of the longest base64 run in it (a key with a label in front).
+fn decoded_kind(t: &str, depth: u8) -> Option<&'static str> {
     use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
     use base64::engine::DecodePaddingMode;
     use base64::{alphabet, Engine};
@@ -613,36 +657,34 @@ fn decoded_kind(t: &str, again: bool) -> Option<&'static str> {
     if t.len() < 40 {
         return None;
     }
+    let run = t
+        .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')))
+        .max_by_key(|r| r.len())
+        .unwrap_or("");
     let hex_digits: String = t.chars().filter(|c| *c != ':').collect();
-    let candidates = [
-        GeneralPurpose::new(&alphabet::STANDARD, LENIENT)
-            .decode(t)
-            .ok(),
-        GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT)
-            .decode(t)
-            .ok(),
-        (hex_digits.len().is_multiple_of(2) && hex_digits.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| {
-                hex_digits
-                    .as_bytes()
-                    .chunks(2)
-                    .map(|p| {
-                        u8::from_str_radix(std::str::from_utf8(p).unwrap_or("zz"), 16).unwrap_or(0)
-                    })
-                    .collect::<Vec<u8>>()
-            }),
-    ];
-    candidates.into_iter().flatten().find_map(|bytes| {
+    let mut candidates: Vec<Vec<u8>> = Vec::new();
+    for text in [t, run] {
+        for alpha in [&alphabet::STANDARD, &alphabet::URL_SAFE] {
+            if let Ok(b) = GeneralPurpose::new(alpha, LENIENT).decode(text) {
+                candidates.push(b);
+            }
+        }
+    }
+    if hex_digits.len().is_multiple_of(2) && hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        candidates.push(
+            hex_digits
+                .as_bytes()
+                .chunks(2)
+                .map(|p| {
+                    u8::from_str_radix(std::str::from_utf8(p).unwrap_or("zz"), 16).unwrap_or(0)
+                })
+                .collect(),
+        );
+    }
+    candidates.into_iter().find_map(|bytes| {
         binary_kind(&bytes).or_else(|| {
             let inner = std::str::from_utf8(&bytes).ok()?;
-            let inner = visible(inner);
-            text_kind(&inner).or_else(|| {
-                if again {
-                    decoded_kind(&inner, false)
-                } else {
-                    None
-                }
-            })
+            kind_at_depth(inner, depth - 1)
         })
     })
 }
@@ -670,30 +712,20 @@ fn binary_kind(b: &[u8]) -> Option<&'static str> {
             return Some("an SSH public key");
         }
     }
-    // An uncompressed EC point (X9.62) on a supported curve.
-    let kind = match b.len() {
-        65 => Some(KeyKind::EcP256),
-        97 => Some(KeyKind::EcP384),
-        _ => None,
+    // An uncompressed EC point (X9.62) on a supported curve, with or without its 04 prefix.
+    let point = match b.len() {
+        65 | 97 if b[0] == 4 => b.to_vec(),
+        64 | 96 => [&[4u8][..], b].concat(),
+        _ => return None,
     };
-    if let Some(kind) = kind.filter(|_| b[0] == 4) {
-        if check_ec_point(kind, b).is_ok() {
-            return Some("an EC public key (a point on its curve)");
-        }
-    }
-    // An RSA modulus (a JWK's n): full length, odd, no small factors.
-    let n = b.strip_prefix(&[0]).unwrap_or(b);
-    if matches!(n.len(), 256 | 384 | 512) && n[0] & 0x80 != 0 && n[n.len() - 1] & 1 == 1 {
-        let no_small_factor = (3u32..1000).step_by(2).all(|p| {
-            n.iter()
-                .fold(0u32, |r, &byte| ((r << 8) | u32::from(byte)) % p)
-                != 0
-        });
-        if no_small_factor {
-            return Some("an RSA modulus");
-        }
-    }
-    None
+    let kind = if point.len() == 65 {
+        KeyKind::EcP256
+    } else {
+        KeyKind::EcP384
+    };
+    check_ec_point(kind, &point)
+        .is_ok()
+        .then_some("an EC public key (a point on its curve)")
 }
 
 /// Why a text cannot be an HMAC secret.
@@ -988,8 +1020,22 @@ mod tests {
             ),
             ("EC", STANDARD.encode(&point)),
             ("EC", hex(&point)),
-            ("RSA modulus", URL_SAFE_NO_PAD.encode(&modulus)),
-            ("RSA modulus", hex(&modulus)),
+            ("EC", URL_SAFE_NO_PAD.encode(&point[1..])),
+            ("JSON", serde_json::Value::String(jwk.clone()).to_string()),
+            ("JSON", jwk.bytes().map(|b| format!("%{b:02X}")).collect()),
+            (
+                "JSON",
+                format!(
+                    "keys:\n- kty: RSA\n  n: {}\n  e: AQAB\n",
+                    URL_SAFE_NO_PAD.encode(&modulus)
+                ),
+            ),
+            ("DER", format!("public_key: {b64}")),
+            (
+                "DER",
+                STANDARD.encode(STANDARD.encode(STANDARD.encode(&spki))),
+            ),
+            ("PEM", pem.lines().skip(1).collect::<Vec<_>>().join("\n")),
         ]
     }
 
@@ -1019,28 +1065,43 @@ mod tests {
 
     #[test]
     fn random_secrets_are_not_mistaken_for_keys() {
-        // Secrets as people make them: alphanumeric, hex, base64 of 32 to 128 random bytes.
-        use base64::engine::general_purpose::STANDARD;
+        // Secrets as people make them: alphanumeric, printable passwords, hex, base64 and
+        // base64url of 32 to 128 random bytes, and of 256, 384 and 512 (`openssl rand`).
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
         use base64::Engine;
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let printable: Vec<u8> = (0x21u8..0x7f).collect();
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let mut refused = 0;
-        for i in 0..2000 {
-            let mut bytes = vec![0u8; 32 + i % 97];
+        let mut refused = Vec::new();
+        for i in 0..3000 {
+            let len = match i % 10 {
+                0 => 256,
+                1 => 384,
+                2 => 512,
+                _ => 32 + i % 97,
+            };
+            let mut bytes = vec![0u8; len];
             aws_lc_rs::rand::SecureRandom::fill(&rng, &mut bytes).unwrap();
-            let alnum: String = bytes
-                .iter()
-                .map(|b| {
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        [*b as usize % 62] as char
-                })
-                .collect();
+            let pick = |alphabet: &[u8], n: usize| -> String {
+                bytes
+                    .iter()
+                    .take(n)
+                    .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+                    .collect()
+            };
             let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
-            for s in [alnum, hex, STANDARD.encode(&bytes)] {
-                if key_material_kind(&s).is_some() {
-                    refused += 1;
+            for s in [
+                pick(ALNUM, len),
+                pick(&printable, 64),
+                hex,
+                STANDARD.encode(&bytes),
+                URL_SAFE_NO_PAD.encode(&bytes),
+            ] {
+                if let Some(k) = key_material_kind(&s) {
+                    refused.push((s, k));
                 }
             }
         }
-        assert_eq!(refused, 0);
+        assert!(refused.is_empty(), "{:?}", &refused[..refused.len().min(3)]);
     }
 }

@@ -36,6 +36,9 @@ pub(crate) const B64URL: GeneralPurpose = GeneralPurpose::new(
 pub struct Parts<'a> {
     pub header: Map<String, Value>,
     pub payload: Map<String, Value>,
+    /// Header and payload as the validated JSON text they were sent as (numbers unrounded).
+    pub header_json: String,
+    pub payload_json: String,
     pub signing_input: &'a str,
     pub signature_b64: &'a str,
 }
@@ -205,6 +208,53 @@ fn parse_payload(bytes: Vec<u8>) -> Result<(Map<String, Value>, String), Refusal
     Ok((reg.0, text))
 }
 
+/// PostgreSQL's `numeric` (and so `jsonb`) refuses a number whose decimal exponent is beyond
+/// this (`NUMERIC_MAX_PRECISION`); serde_json reads `1e-2000` or `0e99999` as 0.
+const MAX_EXPONENT: i64 = 1000;
+
+/// Does this (valid) JSON text hold a number written with an exponent beyond
+/// [`MAX_EXPONENT`]? One pass over the bytes, strings skipped.
+fn number_beyond_numeric(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if c == b'e' || c == b'E' {
+            // Outside strings, an e is only ever a number's exponent (true, false, null have
+            // none... except "true"/"false": their e is followed by a letter or delimiter).
+            let mut j = i + 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            let start = j;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j > start {
+                let digits = &text[start..j];
+                let big = digits.trim_start_matches('0').len() > 4
+                    || digits.parse::<i64>().is_ok_and(|e| e > MAX_EXPONENT);
+                if big {
+                    return true;
+                }
+            }
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Does this JSON text hold an escape that PostgreSQL cannot store or that the validating parse
 /// skipped over: `\u0000`, or a UTF-16 surrogate (`\uD800`–`\uDFFF`), which must come in
 /// pairs? Raw NUL bytes are not valid JSON; escapes are the only way in. An escaped backslash
@@ -245,6 +295,11 @@ fn value_has_nul(v: &Value) -> bool {
 /// here — naming the member — and every function refuses it alike, instead of one failing
 /// later with SQLSTATE 22P05 or 22P02 and another silently seeing no claims.
 fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
+    if number_beyond_numeric(text) {
+        return Err(malformed(format!(
+            "the {what} holds a number whose exponent is beyond ±{MAX_EXPONENT}, which PostgreSQL's jsonb cannot hold"
+        )));
+    }
     if !has_suspect_escape(text) {
         return Ok(());
     }
@@ -260,6 +315,35 @@ fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
             quote(k)
         ))),
     }
+}
+
+/// Where each top-level member's value sits in a payload that [`parse`] validated: byte ranges
+/// of the JSON text, so a claim is handed out exactly as it was signed (a big integer or a long
+/// decimal unrounded), as `get_claims()` hands out the whole.
+pub fn member_spans(payload_json: &str) -> std::collections::HashMap<String, (usize, usize)> {
+    let base = payload_json.as_ptr() as usize;
+    serde_json::from_str::<std::collections::HashMap<String, &serde_json::value::RawValue>>(
+        payload_json,
+    )
+    .map(|m| {
+        m.into_iter()
+            .map(|(k, raw)| {
+                let start = raw.get().as_ptr() as usize - base;
+                (k, (start, start + raw.get().len()))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// One member's value of a JSON object text, as text.
+pub fn raw_member<'a>(object_json: &'a str, name: &str) -> Option<&'a str> {
+    serde_json::from_str::<
+        std::collections::HashMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>,
+    >(object_json)
+    .ok()?
+    .get(name)
+    .map(|raw| raw.get())
 }
 
 /// All claims of a payload that [`parse`] validated.
@@ -321,11 +405,16 @@ fn split(token: &str) -> Result<(&str, &str, &str), Refusal> {
 /// Decode a token's header and whole payload (for `jwt_decode_unverified`).
 pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
     let (h, p, s) = split(token)?;
-    let header = parse_object(&b64_decode(h, "header")?, "header")?;
-    let payload = parse_object(&b64_decode(p, "payload")?, "payload")?;
+    let header_bytes = b64_decode(h, "header")?;
+    let payload_bytes = b64_decode(p, "payload")?;
+    let header = parse_object(&header_bytes, "header")?;
+    let payload = parse_object(&payload_bytes, "payload")?;
     Ok(Parts {
         header,
         payload,
+        // parse_object checked both are UTF-8.
+        header_json: String::from_utf8_lossy(&header_bytes).into_owned(),
+        payload_json: String::from_utf8_lossy(&payload_bytes).into_owned(),
         signing_input: &token[..h.len() + 1 + p.len()],
         signature_b64: s,
     })
@@ -557,5 +646,28 @@ mod tests {
         let p = parse(&t).unwrap();
         let claims = full_claims(&p.payload_json);
         assert!(crate::claims::has_role(&claims, "banned"));
+    }
+
+    #[test]
+    fn numbers_jsonb_cannot_hold_are_refused() {
+        let h = r#"{"alg":"HS256"}"#;
+        for bad in [
+            r#"{"x":1e-20000}"#,
+            r#"{"x":0e999999999999}"#,
+            r#"{"x":[1,{"y":2E-1001}]}"#,
+        ] {
+            let e = parse(&tok(h, bad)).unwrap_err();
+            assert!(
+                e.detail.contains("exponent is beyond"),
+                "{bad}: {}",
+                e.detail
+            );
+        }
+        for ok in [
+            r#"{"x":1e-400,"t":true,"f":false,"s":"1e99999","n":null}"#,
+            r#"{"x":2E+300}"#,
+        ] {
+            assert!(parse(&tok(h, ok)).is_ok(), "{ok}");
+        }
     }
 }

@@ -36,6 +36,7 @@ class MockIssuer:
         self.discovery_issuer = None
         self.extra_keys = []
         self.hang_seconds = 10.0
+        self.delay = 0.0  # seconds every answer takes
         self.counts = Counter()
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -134,6 +135,8 @@ class MockIssuer:
             self.counts["total"] += 1
         if endpoint == "other":
             return self._send(h, 404, "not found")
+        if self.delay:
+            time.sleep(self.delay)
         if self.mode == "hang":
             self._release.wait(self.hang_seconds)
             return self._send(h, 200, "{}")

@@ -846,3 +846,23 @@ def test_repeatedly_cancelled_fetches_leave_other_sessions_unharmed(issuer, keys
         t0 = time.monotonic()
         assert one(c, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_a"),)) == "kp_a"
         assert time.monotonic() - t0 < 3.0
+
+
+def test_cancelling_does_not_get_around_the_refetch_rate_limit(issuer, keys_db):
+    """Tokens with made-up kids from a session that cancels each statement before a slow issuer
+    answers: the cancelled refetches count against kinde_rls.jwks_min_refresh like any other."""
+    connect = keys_db(domain=issuer.base, jwks_min_refresh=2)
+    stranger = Signer("rsa")
+    with connect() as c:
+        one(c, "SELECT verify_jwt(%s)", (issuer.token("kp_warm"),))
+        time.sleep(2.1)
+        issuer.delay = 0.3
+        issuer.reset_counts()
+        c.execute("SET statement_timeout = '60ms'")
+        for _ in range(20):
+            stranger.kid = uuid.uuid4().hex
+            try:
+                c.execute("SELECT verify_jwt(%s)", (issuer.sign(issuer.claims("kp_x"), signer=stranger),))
+            except psycopg.Error as e:
+                assert e.sqlstate in ("57014", "28000"), e
+    assert issuer.count("jwks") <= 1, issuer.count("jwks")

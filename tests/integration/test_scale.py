@@ -41,6 +41,8 @@ def test_parallel_scan_under_rls_returns_exactly_the_users_rows(cluster, signers
     value = t if source == "kinde_rls.token" else json.dumps({"authorization": f"Bearer {t}"})
     with cluster.connect(user="app_user", dbname="app") as c:
         force_parallel(c)
+        warnings = []
+        c.add_notice_handler(lambda d: warnings.append(d.message_primary))
         with c.transaction():
             c.execute("SELECT set_config(%s, %s, true)", (source, value))
             plan = "\n".join(r[0] for r in c.execute(
@@ -57,6 +59,8 @@ def test_parallel_scan_under_rls_returns_exactly_the_users_rows(cluster, signers
                 (ROWS // USERS, "kp_user_8", "kp_user_8")
         # And anonymous: nothing.
         assert one(c, "SELECT count(*) FROM big_todos") == 0
+        # A token set per transaction is not a session-level token, in the workers either.
+        assert warnings == []
 
 
 def test_parallel_workers_refuse_a_bad_token_too(cluster, signers, big_table):

@@ -271,12 +271,18 @@ def _public_texts(signers):
         "ssh": ssh,
         "ssh_rfc4716": f"---- BEGIN SSH2 PUBLIC KEY ----\n{body}\n---- END SSH2 PUBLIC KEY ----\n",
         "ssh_body": body,
-        "n_of_the_jwk": signers["rsa"].jwk()["n"],
+        "jwk_as_a_json_string": json.dumps(json.dumps(signers["rsa"].jwk())),
+        "jwk_percent_encoded": "".join(f"%{b:02X}" for b in json.dumps(signers["rsa"].jwk()).encode()),
+        "der_after_a_label": "public_key: " + "".join(pem.splitlines()[1:-1]),
+        "pem_without_its_begin_line": "\n".join(pem.splitlines()[1:]),
+        "ec_point_base64": base64.b64encode(signers["p256"].key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)).decode(),
     }
 
 
 PUBLIC_FORMS = ["pem", "pem_after_a_comment", "pem_lower_case", "jwk", "jwks", "jwks_after_a_bom", "base64_der",
-                "hex_der", "ssh", "ssh_rfc4716", "ssh_body", "n_of_the_jwk"]
+                "hex_der", "ssh", "ssh_rfc4716", "ssh_body", "jwk_as_a_json_string", "jwk_percent_encoded",
+                "der_after_a_label", "pem_without_its_begin_line", "ec_point_base64"]
 
 
 @pytest.mark.parametrize("form", PUBLIC_FORMS)

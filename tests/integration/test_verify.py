@@ -402,3 +402,33 @@ def test_a_payload_the_claim_helpers_could_not_read_is_refused(cluster, extra):
         for sql in ["SELECT has_role('banned')", "SELECT get_user_id()", "SELECT get_claims()"]:
             refused(c, sql, check="format")
         c.execute("RESET kinde_rls.token")
+
+
+def test_claims_read_exactly_as_signed_by_every_function(cluster):
+    """get_claim(), get_feature_flag() and jwt_decode_unverified() hand out numbers as they were
+    signed, like get_claims() and verify_jwt() do — never rounded through a double."""
+    big = "123456789012345678901234567890"
+    claims = json.dumps(kinde_id_claims("kp_exact"))[:-1]
+    t = _with_raw_payload(claims + f', "n": {big}, "d": 0.1000000000000000055511151231257827, '
+                          f'"feature_flags": {{"limit": {{"t": "i", "v": {big}}}}}}}')
+    with cluster.connect(user="app_user", dbname="app") as c:
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
+        assert one(c, "SELECT get_claim('n')::text") == big
+        assert one(c, "SELECT get_claims()->>'n'") == big
+        assert one(c, "SELECT get_claim('d')::text") == "0.1000000000000000055511151231257827"
+        assert one(c, "SELECT get_feature_flag('limit')::text") == big
+        assert one(c, "SELECT verify_jwt(%s)->>'n'", (t,)) == big
+        assert one(c, "SELECT jwt_decode_unverified(%s)->'payload'->>'n'", (t,)) == big
+        c.execute("RESET kinde_rls.token")
+
+
+@pytest.mark.parametrize("number", ["1e-20000", "0e999999999999"])
+def test_numbers_jsonb_cannot_hold_are_refused_alike(cluster, number):
+    t = _with_raw_payload(json.dumps(kinde_id_claims("kp_num"))[:-1] + f', "x": {number}}}')
+    with cluster.connect(user="app_user", dbname="app") as c:
+        e = refused(c, "SELECT verify_jwt(%s)", (t,), check="format")
+        assert "exponent is beyond" in e.diag.message_detail
+        c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
+        for sql in ["SELECT get_user_id()", "SELECT get_claims()", "SELECT has_role('admin')"]:
+            refused(c, sql, check="format")
+        c.execute("RESET kinde_rls.token")
