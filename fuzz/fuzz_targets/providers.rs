@@ -1,4 +1,5 @@
-//! Settings text: providers JSON, inline JWKS, domain and URL settings, with any input.
+//! Settings text: providers JSON, inline JWKS, the HMAC secret, domain and URL settings, with
+//! any input.
 #![no_main]
 use kinde_rls_core::config::{Config, Settings};
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
         });
         let _ = Config::from_settings(&Settings {
             domain: Some(s),
+            ..base.clone()
+        });
+        // The one rule for HMAC secrets, through the setting.
+        let _ = Config::from_settings(&Settings {
+            secret: Some(s),
             ..base.clone()
         });
         let _ = Config::from_settings(&Settings {
