@@ -721,14 +721,24 @@ fn unusable(err: &str, t: &Times, fetched_at: f64, now: f64, lim: &Limits) -> St
     }
 }
 
-fn local_times(src: &RemoteSource) -> (Times, f64, Option<String>) {
-    LOCAL.with(|l| {
+/// This backend's times for a source (and when its keys were fetched, and the last error), with
+/// the cluster-wide fetch record taken instead when it is newer.
+fn local_times(src: &RemoteSource, record: Option<&Record>) -> (Times, f64, Option<String>) {
+    let (mut t, fetched_at, mut last_error) = LOCAL.with(|l| {
         l.borrow()
             .get(src)
             .map_or((Times::default(), 0.0, None), |e| {
                 (e.times(), e.fetched_at, e.last_error.clone())
             })
-    })
+    });
+    if let Some(r) = record.filter(|r| r.last_attempt > t.last_attempt) {
+        t.last_attempt = r.last_attempt;
+        t.last_failed = r.last_failed;
+        if r.last_failed {
+            last_error = Some(r.err.clone());
+        }
+    }
+    (t, fetched_at, last_error)
 }
 
 fn local_keys(src: &RemoteSource) -> Rc<KeySet> {
@@ -749,14 +759,7 @@ fn obtain_local(
     shared_record: Option<Record>,
 ) -> Result<Option<Got>, String> {
     let now = wall_clock();
-    let (mut t, fetched_at, mut last_error) = local_times(src);
-    if let Some(r) = shared_record.filter(|r| r.last_attempt > t.last_attempt) {
-        t.last_attempt = r.last_attempt;
-        t.last_failed = r.last_failed;
-        if r.last_failed {
-            last_error = Some(r.err);
-        }
-    }
+    let (t, fetched_at, last_error) = local_times(src, shared_record.as_ref());
     match decide(&t, need, now, lim) {
         Action::Use if need == Need::UnknownKid => Ok(None),
         Action::Use => Ok(Some(Got {
@@ -1096,22 +1099,13 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
             Err(record) => {
                 // No slot: this backend's own copy counts, and the shared fetch record keeps
                 // the rate limit. Fetching, take a slot if one can be had.
-                let (mut t, _, _) = local_times(src);
-                if let Some(r) = record.as_ref().filter(|r| r.last_attempt > t.last_attempt) {
-                    t.last_attempt = r.last_attempt;
-                    t.last_failed = r.last_failed;
-                }
+                let (t, _, _) = local_times(src, record.as_ref());
                 if decide(&t, need_now, now, lim) != Action::Fetch {
                     return obtain_local(src, need_now, lim, record);
                 }
-                fetch_capacity(deadline)?;
-                match claim(src, need_now, now, lim) {
-                    Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
-                    Claim::Taken => continue,
-                    Claim::NoSlot(record) => {
-                        log_overflow(src, now);
-                        return obtain_local(src, need_now, lim, record);
-                    }
+                match claim_and_fetch(src, (need, need_now), lim, now, deadline) {
+                    Some(answer) => return answer,
+                    None => continue,
                 }
             }
         };
@@ -1140,14 +1134,30 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
             }
             Action::Fetch => {}
         }
-        fetch_capacity(deadline)?;
-        match claim(src, need_now, now, lim) {
-            Claim::Mine(at) => return fetch_for_slot(src, need, lim, at),
-            Claim::Taken => continue,
-            Claim::NoSlot(record) => {
-                log_overflow(src, now);
-                return obtain_local(src, need_now, lim, record);
-            }
+        if let Some(answer) = claim_and_fetch(src, (need, need_now), lim, now, deadline) {
+            return answer;
+        }
+    }
+}
+
+/// Claim the fetch of `src` and make it for the shared cache, or — no slot to be had — for this
+/// backend. `None`: another backend got there first; look again.
+fn claim_and_fetch(
+    src: &RemoteSource,
+    (need, need_now): (Need, Need),
+    lim: &Limits,
+    now: f64,
+    deadline: f64,
+) -> Option<Result<Option<Got>, String>> {
+    if let Err(e) = fetch_capacity(deadline) {
+        return Some(Err(e));
+    }
+    match claim(src, need_now, now, lim) {
+        Claim::Mine(at) => Some(fetch_for_slot(src, need, lim, at)),
+        Claim::Taken => None,
+        Claim::NoSlot(record) => {
+            log_overflow(src, now);
+            Some(obtain_local(src, need_now, lim, record))
         }
     }
 }

@@ -120,9 +120,9 @@ fn obj_or_raise(claims_json: Jsonb, arg: &str) -> Map<String, Value> {
 }
 
 /// A token argument: text that is not UTF-8 is not a token (28000, `format`).
-fn token_arg(token: &Text) -> String {
+fn token_arg<'a>(token: &Text<'a>) -> &'a str {
     match token.utf8() {
-        Some(t) => t.trim().to_owned(),
+        Some(t) => t.trim(),
         None => errors::refuse(&kinde_rls_core::Refusal::new(
             kinde_rls_core::Check::Format,
             "the token is not valid UTF-8",
@@ -147,7 +147,7 @@ fn arg_text<'a>(value: &Text<'a>, arg: &str) -> &'a str {
 /// Verify a token against the configured keys and rules; returns its claims.
 #[pg_extern(stable, strict, parallel_safe)]
 fn verify_jwt(token: Text) -> RawJsonB {
-    let id = identity::verify_configured(&token_arg(&token)).unwrap_or_else(|e| errors::raise(&e));
+    let id = identity::verify_configured(token_arg(&token)).unwrap_or_else(|e| errors::raise(&e));
     RawJsonB::new(id.payload_json())
 }
 
@@ -155,7 +155,7 @@ fn verify_jwt(token: Text) -> RawJsonB {
 /// Checks the signature and the time claims (`exp` required, `nbf` honoured).
 #[pg_extern(name = "verify_jwt", stable, strict, parallel_safe)]
 fn verify_jwt_with_key(token: Text, key: Text, algorithm: default!(Text, "'HS256'")) -> RawJsonB {
-    let token = token_arg(&token);
+    let token = token_arg(&token).to_owned();
     let (keys, alg) = explicit_keys(arg_text(&key, "key"), arg_text(&algorithm, "algorithm"))
         .unwrap_or_else(|e| errors::config(&e));
     let policy = Policy {
@@ -195,7 +195,7 @@ fn sign_jwt_with_header(claims: Jsonb, key: Text, algorithm: Text, header: Jsonb
 #[pg_extern(immutable, strict, parallel_safe)]
 fn jwt_decode_unverified(token: Text) -> RawJsonB {
     let token = token_arg(&token);
-    let parts = kinde_rls_core::token::decode_parts(&token).unwrap_or_else(|r| errors::refuse(&r));
+    let parts = kinde_rls_core::token::decode_parts(token).unwrap_or_else(|r| errors::refuse(&r));
     // As sent (numbers unrounded), like verify_jwt() returns the payload.
     RawJsonB::new(&format!(
         r#"{{"header": {}, "payload": {}}}"#,

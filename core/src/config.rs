@@ -443,10 +443,7 @@ fn with_ignored(r: Refusal, p: &Provider, fetched: Option<&KeySet>, kid: Option<
     let Some(kid) = kid.filter(|_| r.check == Check::Key) else {
         return r;
     };
-    let found = p
-        .ignored
-        .iter()
-        .find(|i| i.kid.as_deref() == Some(kid))
+    let found = crate::keys::ignored_kid(&p.ignored, kid)
         .map(|i| (i, "configured keys".to_string()))
         .or_else(|| {
             let src = p.remote.as_ref()?;

@@ -469,6 +469,11 @@ impl std::fmt::Display for Ignored {
     }
 }
 
+/// The entry for `kid` in a list of ignored keys.
+pub fn ignored_kid<'a>(ignored: &'a [Ignored], kid: &str) -> Option<&'a Ignored> {
+    ignored.iter().find(|i| i.kid.as_deref() == Some(kid))
+}
+
 /// The keys read from a JWKS (or a single JWK), and those ignored.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
@@ -479,7 +484,7 @@ pub struct KeySet {
 impl KeySet {
     /// Why the set holds no key with this `kid`, if it ignored one.
     pub fn ignored_kid(&self, kid: &str) -> Option<&Ignored> {
-        self.ignored.iter().find(|i| i.kid.as_deref() == Some(kid))
+        ignored_kid(&self.ignored, kid)
     }
 }
 
