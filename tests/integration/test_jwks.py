@@ -866,3 +866,36 @@ def test_cancelling_does_not_get_around_the_refetch_rate_limit(issuer, keys_db):
             except psycopg.Error as e:
                 assert e.sqlstate in ("57014", "28000"), e
     assert issuer.count("jwks") <= 1, issuer.count("jwks")
+
+
+def test_a_fast_shutdown_ends_a_hanging_fetch_at_once(issuer):
+    """pg_ctl stop -m fast sends every backend SIGTERM: one waiting on a hanging issuer (10 s
+    timeout) must exit within about a second, so the server stops, and starts again cleanly."""
+    import subprocess
+
+    from pg import BINDIR, _as_postgres
+
+    issuer.mode = "hang"
+    c = Cluster("shutdown", preload=True)
+    try:
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute(f"ALTER DATABASE postgres SET kinde_rls.domain = '{issuer.base}'")
+            su.execute("ALTER DATABASE postgres SET kinde_rls.jwks_timeout_ms = 10000")
+        conn = c.connect()
+        th, box = _in_thread(conn, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        _as_postgres([f"{BINDIR}/pg_ctl", "-D", c.data, "-w", "-t", "20", "-m", "fast", "stop"],
+                     stdout=subprocess.DEVNULL)
+        stopped = time.monotonic() - t0
+        th.join(5)
+        assert stopped < 2.5, stopped
+        assert isinstance(box["error"], psycopg.OperationalError), box
+        conn.close()
+        issuer.mode = "ok"
+        c.start()
+        with c.connect() as s:
+            assert one(s, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_b"),)) == "kp_b"
+    finally:
+        c.stop()
