@@ -631,10 +631,8 @@ fn text_kind(t: &str) -> Option<&'static str> {
     if lower.contains("----begin") || lower.contains("----end") {
         return Some("a PEM key or certificate");
     }
-    let json = (t.starts_with('{') || t.starts_with('['))
-        && serde_json::from_str::<serde_json::Value>(t).is_ok();
-    if json || lower.contains("\"kty\"") || lower.contains("kty:") || lower.contains("kty\":") {
-        return Some("JSON (a JWK or JWKS)");
+    if jwk_document(t) || kty_member(&lower) || lower.contains("<rsakeyvalue>") {
+        return Some("a JWK or JWKS (or another key document)");
     }
     const SSH: [&str; 6] = [
         "ssh-rsa",
@@ -650,6 +648,38 @@ fn text_kind(t: &str) -> Option<&'static str> {
     None
 }
 
+/// JSON that is a JWK or a JWKS: an object with `kty` or `keys`, or an array of such objects.
+/// (A secret that merely is JSON — a password starting with `{` — is not refused for it.)
+fn jwk_document(t: &str) -> bool {
+    fn is_jwk(v: &serde_json::Value) -> bool {
+        v.as_object()
+            .is_some_and(|o| o.contains_key("kty") || o.contains_key("keys"))
+    }
+    match serde_json::from_str::<serde_json::Value>(t) {
+        Ok(serde_json::Value::Array(a)) => a.iter().any(is_jwk),
+        Ok(v) => is_jwk(&v),
+        Err(_) => false,
+    }
+}
+
+/// A JWK's `kty` member in any notation — JSON, escaped JSON, a Python or TOML literal, YAML —
+/// or an RSA key's `e=AQAB`: the name set off by a quote or a separator, followed (past any
+/// quotes and backslashes) by `:` or `=`. `mykty:` is not one.
+fn kty_member(lower: &str) -> bool {
+    let b = lower.as_bytes();
+    let member = |name: &[u8]| {
+        b.windows(name.len()).enumerate().any(|(i, w)| {
+            if w != name || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
+                return false;
+            }
+            let rest = &b[i + name.len()..];
+            let after = rest.iter().find(|c| !matches!(c, b'"' | b'\'' | b'\\'));
+            matches!(after, Some(b':' | b'='))
+        })
+    };
+    member(b"kty") || lower.contains("e=aqab") || lower.contains("\"e\":\"aqab\"")
+}
+
 /// Key material behind a layer of base64 (standard or URL alphabet) or hex — of the whole
 /// text, or of the longest base64 run in it (a key with a label in front).
 fn decoded_kind(t: &str, depth: u8) -> Option<&'static str> {
@@ -662,19 +692,28 @@ fn decoded_kind(t: &str, depth: u8) -> Option<&'static str> {
     if t.len() < 40 {
         return None;
     }
-    let run = t
-        .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')))
-        .max_by_key(|r| r.len())
-        .unwrap_or("");
-    let hex_digits: String = t.chars().filter(|c| *c != ':').collect();
     let mut candidates: Vec<Vec<u8>> = Vec::new();
-    for text in [t, run] {
-        for alpha in [&alphabet::STANDARD, &alphabet::URL_SAFE] {
-            if let Ok(b) = GeneralPurpose::new(alpha, LENIENT).decode(text) {
+    // The whole text, and every long run of one alphabet's characters in it (a key after a
+    // label: `KINDE_PUBLIC_KEY=MIIB…`, `pubkey-MIIB…`).
+    for (alpha, other) in [(&alphabet::STANDARD, "+/"), (&alphabet::URL_SAFE, "-_")] {
+        let engine = GeneralPurpose::new(alpha, LENIENT);
+        let runs = t
+            .split(|c: char| !(c.is_ascii_alphanumeric() || other.contains(c) || c == '='))
+            .flat_map(|run| run.split('=').filter(|piece| !piece.is_empty()).take(8))
+            .filter(|piece| piece.len() >= 40);
+        for text in std::iter::once(t).chain(runs) {
+            if let Ok(b) = engine.decode(text) {
                 candidates.push(b);
             }
         }
     }
+    // Hex: plain, with colons, or as byte literals (`0x30, 0x82`, `{0x30,0x82,…}`).
+    let hex_digits: String = t
+        .to_ascii_lowercase()
+        .replace("0x", "")
+        .chars()
+        .filter(|c| !matches!(c, ':' | ',' | '{' | '}' | '[' | ']' | '(' | ')'))
+        .collect();
     if hex_digits.len().is_multiple_of(2) && hex_digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         candidates.push(
             hex_digits
@@ -986,14 +1025,10 @@ mod tests {
                 ),
             ),
             ("PEM", STANDARD.encode(&pem)),
-            ("JSON", jwk.clone()),
-            ("JSON", format!("\u{feff}{jwk}")),
-            ("JSON", format!("\u{200b}{{\"keys\":[{jwk}]}}\r\n")),
-            (
-                "JSON",
-                "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]".into(),
-            ),
-            ("JSON", URL_SAFE_NO_PAD.encode(&jwk)),
+            ("JWK", jwk.clone()),
+            ("JWK", format!("\u{feff}{jwk}")),
+            ("JWK", format!("\u{200b}{{\"keys\":[{jwk}]}}\r\n")),
+            ("JWK", URL_SAFE_NO_PAD.encode(&jwk)),
             ("SSH", format!("ssh-ed25519 {ssh_body} user@host")),
             ("SSH", format!("ssh-rsa\t{ssh_body}")),
             (
@@ -1026,10 +1061,10 @@ mod tests {
             ("EC", STANDARD.encode(&point)),
             ("EC", hex(&point)),
             ("EC", URL_SAFE_NO_PAD.encode(&point[1..])),
-            ("JSON", serde_json::Value::String(jwk.clone()).to_string()),
-            ("JSON", jwk.bytes().map(|b| format!("%{b:02X}")).collect()),
+            ("JWK", serde_json::Value::String(jwk.clone()).to_string()),
+            ("JWK", jwk.bytes().map(|b| format!("%{b:02X}")).collect()),
             (
-                "JSON",
+                "JWK",
                 format!(
                     "keys:\n- kty: RSA\n  n: {}\n  e: AQAB\n",
                     URL_SAFE_NO_PAD.encode(&modulus)
@@ -1041,6 +1076,40 @@ mod tests {
                 STANDARD.encode(STANDARD.encode(STANDARD.encode(&spki))),
             ),
             ("PEM", pem.lines().skip(1).collect::<Vec<_>>().join("\n")),
+            ("DER", format!("KINDE_PUBLIC_KEY={b64}")),
+            ("DER", format!("pubkey-{b64}")),
+            ("JWK", jwk.replace('"', "'")),
+            ("JWK", jwk.replace('"', "\\\"")),
+            ("JWK", "kty = \"RSA\"\nn = \"abc\"\ne = \"AQAB\"\n".into()),
+            (
+                "JWK",
+                format!(
+                    "<RSAKeyValue><Modulus>{}</Modulus><Exponent>AQAB</Exponent></RSAKeyValue>",
+                    STANDARD.encode(&modulus)
+                ),
+            ),
+            (
+                "JWK",
+                format!("n={}&e=AQAB", URL_SAFE_NO_PAD.encode(&modulus)),
+            ),
+            (
+                "DER",
+                spki.iter()
+                    .map(|x| format!("0x{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            (
+                "DER",
+                format!(
+                    "{{{}}}",
+                    spki.iter()
+                        .map(|x| format!("0x{x:02X}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            ),
+            ("EC", format!("0x{}", hex(&point))),
         ]
     }
 
@@ -1048,7 +1117,9 @@ mod tests {
     fn public_key_text_is_never_an_hmac_secret() {
         for (kind, text) in disguises() {
             match check_hmac_secret(&text, 32) {
-                Err(SecretProblem::KeyMaterial(k)) => assert!(k.contains(kind), "{text:?}: {k}"),
+                Err(SecretProblem::KeyMaterial(k)) => {
+                    assert!(k.contains(kind), "{text:?}: {k}")
+                }
                 other => panic!("{kind}: {text:?}: {other:?}"),
             }
         }
@@ -1095,7 +1166,11 @@ mod tests {
                     .collect()
             };
             let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+            let json_password = format!("[\"{}\"]", pick(ALNUM, 40));
             for s in [
+                json_password,
+                format!("{{\"pass\":\"{}\"}}", pick(ALNUM, 40)),
+                format!("mykty:{}", pick(ALNUM, 40)),
                 pick(ALNUM, len),
                 pick(&printable, 64),
                 hex,

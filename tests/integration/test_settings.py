@@ -275,6 +275,8 @@ def _public_texts(signers):
         "jwk_percent_encoded": "".join(f"%{b:02X}" for b in json.dumps(signers["rsa"].jwk()).encode()),
         "der_after_a_label": "public_key: " + "".join(pem.splitlines()[1:-1]),
         "pem_without_its_begin_line": "\n".join(pem.splitlines()[1:]),
+        "env_file_line": "KINDE_PUBLIC_KEY=" + "".join(pem.splitlines()[1:-1]) + "\n",
+        "python_repr": repr(signers["rsa"].jwk()),
         "ec_point_base64": base64.b64encode(signers["p256"].key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)).decode(),
     }
@@ -282,7 +284,8 @@ def _public_texts(signers):
 
 PUBLIC_FORMS = ["pem", "pem_after_a_comment", "pem_lower_case", "jwk", "jwks", "jwks_after_a_bom", "base64_der",
                 "hex_der", "ssh", "ssh_rfc4716", "ssh_body", "jwk_as_a_json_string", "jwk_percent_encoded",
-                "der_after_a_label", "pem_without_its_begin_line", "ec_point_base64"]
+                "der_after_a_label", "pem_without_its_begin_line", "ec_point_base64", "env_file_line",
+                "python_repr"]
 
 
 @pytest.mark.parametrize("form", PUBLIC_FORMS)
