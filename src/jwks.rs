@@ -541,39 +541,61 @@ fn answer_interrupts() {
 /// Where a fetch thread's answer arrives.
 type Answer = mpsc::Receiver<Result<Fetched, String>>;
 
-thread_local! {
-    /// Fetches whose wait was interrupted, still running or done but not collected: a later
-    /// fetch of the same source takes a successful answer from here instead of asking the
-    /// issuer again (so cancelling does not multiply requests), and starts afresh otherwise.
-    static ABANDONED: RefCell<Vec<(RemoteSource, Answer)>> =
-        const { RefCell::new(Vec::new()) };
+/// A fetch whose wait was interrupted: its thread runs on (it touches nothing of PostgreSQL's).
+struct InFlight {
+    src: RemoteSource,
+    answer: Answer,
+    /// When its request started (wall clock).
+    started: f64,
+    /// After this its answer has long arrived, and is too old to count as a fetch made now.
+    stale_after: f64,
 }
 
-/// A successful answer of an abandoned fetch of `src`, if one has arrived; answers that are no
-/// use (failures, other sources done) are dropped on the way.
-fn collect_abandoned(src: &RemoteSource) -> Option<Fetched> {
-    ABANDONED.with(|a| {
-        let mut a = a.borrow_mut();
-        let mut found = None;
-        a.retain(|(s, rx)| match rx.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => true,
-            Ok(Ok(f)) if found.is_none() && s == src => {
-                found = Some(f);
-                false
-            }
-            _ => false,
-        });
-        found
-    })
+/// Requests for one source one backend keeps in flight when its statements are cancelled: the
+/// one a cancel abandoned, and a fresh one (the issuer may have recovered meanwhile).
+const IN_FLIGHT_PER_SOURCE: usize = 2;
+
+thread_local! {
+    /// This backend's interrupted fetches, while they may still be running. When a source
+    /// already has [`IN_FLIGHT_PER_SOURCE`] of them, its next fetch waits for the newest rather
+    /// than start another, so cancelling statements cannot multiply requests to the issuer; the
+    /// answer is then no older than the fetch timeout, like any answer. `refresh_jwks()` always
+    /// asks afresh.
+    static ABANDONED: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Fetch a source's keys on a helper thread (bounded by `timeout`) while this backend waits on
-/// its latch, waking every 20 ms to answer interrupts. A cancel abandons the wait: the thread
-/// finishes on its own (it touches nothing of PostgreSQL's); a later fetch of the source uses
-/// its answer if it succeeded, and otherwise starts afresh, in case the issuer has recovered.
-fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched, String> {
-    if let Some(f) = collect_abandoned(src) {
-        return Ok(f);
+/// its latch, waking every 20 ms to answer interrupts. Returns the answer and when its request
+/// started (the keys are as fresh as that). With `attach`, when the source already has as many
+/// interrupted fetches running as it may, the newest is waited for instead (see [`ABANDONED`]).
+fn fetch_interruptibly(
+    src: &RemoteSource,
+    timeout: Duration,
+    attach: bool,
+) -> (Result<Fetched, String>, f64) {
+    let now = wall_clock();
+    let earlier = ABANDONED.with(|a| {
+        let mut a = a.borrow_mut();
+        a.retain(|f| now < f.stale_after);
+        let mine = a.iter().filter(|f| &f.src == src).count();
+        if !attach || mine < IN_FLIGHT_PER_SOURCE {
+            return None;
+        }
+        let newest = a
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| &f.src == src)
+            .max_by(|x, y| x.1.started.total_cmp(&y.1.started))
+            .map(|(i, _)| i)?;
+        Some(a.remove(newest))
+    });
+    if let Some(f) = earlier {
+        match wait_for(src, f.answer, f.started, timeout) {
+            // The earlier request failed (it may have been made while the issuer was down):
+            // one fresh request now, the issuer may have recovered.
+            (Err(_), _) => {}
+            done => return done,
+        }
     }
     let (tx, rx) = mpsc::channel();
     let job = src.clone();
@@ -586,10 +608,21 @@ fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched,
     });
     if let Err(e) = spawned {
         LIVE_FETCHES.fetch_sub(1, Ordering::Relaxed);
-        return Err(format!("could not start the fetch: {e}"));
+        return (Err(format!("could not start the fetch: {e}")), now);
     }
+    wait_for(src, rx, wall_clock(), timeout)
+}
+
+/// Wait on the latch for a fetch's answer. If a cancel interrupts the wait, the fetch is kept in
+/// [`ABANDONED`] while it may still run, and the error goes on.
+fn wait_for(
+    src: &RemoteSource,
+    answer: Answer,
+    started: f64,
+    timeout: Duration,
+) -> (Result<Fetched, String>, f64) {
     let wait = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-        match rx.try_recv() {
+        match answer.try_recv() {
             Ok(r) => return r,
             Err(mpsc::TryRecvError::Disconnected) => {
                 return Err("the fetch ended without an answer".into())
@@ -598,9 +631,16 @@ fn fetch_interruptibly(src: &RemoteSource, timeout: Duration) -> Result<Fetched,
         }
     }));
     match wait {
-        Ok(r) => r,
+        Ok(r) => (r, started),
         Err(payload) => {
-            ABANDONED.with(|a| a.borrow_mut().push((src.clone(), rx)));
+            ABANDONED.with(|a| {
+                a.borrow_mut().push(InFlight {
+                    src: src.clone(),
+                    answer,
+                    started,
+                    stale_after: started + timeout.as_secs_f64() + 1.0,
+                })
+            });
             std::panic::resume_unwind(payload)
         }
     }
@@ -780,11 +820,11 @@ fn obtain_local(
             if shared_mode() {
                 record_recent(&mut Locked::exclusive(), src, now, Outcome::Started);
             }
-            let result = fetch_interruptibly(src, timeout(lim));
+            let (result, started) = fetch_interruptibly(src, timeout(lim), need != Need::Force);
             if shared_mode() {
                 record_recent(&mut Locked::exclusive(), src, now, Outcome::Done(&result));
             }
-            finish_local(src, need, lim, now, result)
+            finish_local(src, need, lim, (now, started), result)
         }
     }
 }
@@ -795,7 +835,7 @@ fn finish_local(
     src: &RemoteSource,
     need: Need,
     lim: &Limits,
-    now: f64,
+    (now, started): (f64, f64),
     result: Result<Fetched, String>,
 ) -> Result<Option<Got>, String> {
     LOCAL.with(|l| {
@@ -806,8 +846,8 @@ fn finish_local(
             Ok(url) => {
                 e.url = url;
                 e.gen = 0;
-                e.fetched_at = now;
-                e.expires_at = now + lim.ttl;
+                e.fetched_at = started;
+                e.expires_at = started + lim.ttl;
                 e.last_failed = false;
                 e.last_error = None;
                 Ok(Some(Got {
@@ -997,8 +1037,8 @@ fn fetch_for_slot(
     lim: &Limits,
     claimed_at: f64,
 ) -> Result<Option<Got>, String> {
-    let result = with_cleanup(
-        || fetch_interruptibly(src, timeout(lim)),
+    let (result, started) = with_cleanup(
+        || fetch_interruptibly(src, timeout(lim), need != Need::Force),
         || abandon(src, claimed_at),
     );
     let now = claimed_at;
@@ -1025,8 +1065,8 @@ fn fetch_for_slot(
                         }
                         slot.url_len = copy_in(&mut slot.url, &f.url) as u16;
                         slot.err_len = 0;
-                        slot.fetched_at = now;
-                        slot.expires_at = now + lim.ttl;
+                        slot.fetched_at = started;
+                        slot.expires_at = started + lim.ttl;
                     }
                     Err(e) => slot.err_len = copy_in(&mut slot.err, e) as u16,
                 }
@@ -1058,7 +1098,7 @@ fn fetch_for_slot(
             }))
         }
         // The claim was lost meanwhile (presumed dead after the timeout): keep the result here.
-        (Ok(f), None) => finish_local(src, need, lim, now, Ok(f)),
+        (Ok(f), None) => finish_local(src, need, lim, (now, started), Ok(f)),
         (Err(e), _) if need == Need::Force => Err(e),
         (Err(e), Some((t, fetched_at, _))) if t.usable(now, lim) => {
             warn_stale(src, &e, fetched_at);
@@ -1078,7 +1118,7 @@ fn fetch_for_slot(
             }
         }
         (Err(e), Some((t, fetched_at, _))) => Err(unusable(&e, &t, fetched_at, now, lim)),
-        (Err(e), None) => finish_local(src, need, lim, now, Err(e)),
+        (Err(e), None) => finish_local(src, need, lim, (now, started), Err(e)),
     }
 }
 

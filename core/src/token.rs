@@ -209,7 +209,9 @@ fn parse_payload(bytes: Vec<u8>) -> Result<(Map<String, Value>, String), Refusal
 }
 
 /// PostgreSQL's `numeric` (and so `jsonb`) refuses a number whose decimal exponent is beyond
-/// this (`NUMERIC_MAX_PRECISION`); serde_json reads `1e-2000` or `0e99999` as 0.
+/// this before version 18 (`NUMERIC_MAX_PRECISION`), while serde_json reads `1e-2000` or
+/// `0e99999` as 0. One limit for every supported version: no claim means one thing on 18 and
+/// another on 17.
 const MAX_EXPONENT: i64 = 1000;
 
 /// Does this (valid) JSON text hold a number written with an exponent beyond
@@ -297,7 +299,7 @@ fn value_has_nul(v: &Value) -> bool {
 fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
     if number_beyond_numeric(text) {
         return Err(malformed(format!(
-            "the {what} holds a number whose exponent is beyond ±{MAX_EXPONENT}, which PostgreSQL's jsonb cannot hold"
+            "the {what} holds a number whose exponent is beyond ±{MAX_EXPONENT}, which PostgreSQL's jsonb cannot hold (before version 18)"
         )));
     }
     if !has_suspect_escape(text) {

@@ -899,3 +899,43 @@ def test_a_fast_shutdown_ends_a_hanging_fetch_at_once(issuer):
             assert one(s, "SELECT verify_jwt(%s)->>'sub'", (issuer.token("kp_b"),)) == "kp_b"
     finally:
         c.stop()
+
+
+def test_cancelled_statements_keep_at_most_two_requests_in_flight(issuer, keys_db):
+    """With nothing cached and a hanging issuer, a session that keeps cancelling its statements
+    does not start a request per statement: besides the abandoned request it starts one fresh
+    one (the issuer may have recovered), then waits for those."""
+    issuer.mode = "hang"
+    connect = keys_db(domain=issuer.base, jwks_timeout_ms=3000)
+    with connect() as c:
+        c.execute("SET statement_timeout = '50ms'")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+            assert ei.value.sqlstate == "57014"
+    assert issuer.count("discovery") == 2
+
+
+def test_an_abandoned_answer_never_brings_back_rotated_keys(issuer, keys_db):
+    """A fetch cancelled before its slow answer arrived: after the issuer rotated its key, that
+    old answer must not come back as this session's next fetch, nor reach other sessions."""
+    connect = keys_db(domain=issuer.base, jwks_cache_ttl=1, jwks_min_refresh=0, jwks_timeout_ms=1500)
+    old = issuer.token("kp_old")
+    issuer.delay = 0.6
+    with connect() as a, connect() as b:
+        a.execute("SET statement_timeout = '200ms'")
+        with pytest.raises(psycopg.Error) as ei:
+            a.execute("SELECT verify_jwt(%s)", (old,))
+        assert ei.value.sqlstate == "57014"
+        a.execute("RESET statement_timeout")
+        time.sleep(1.5)  # the abandoned request has answered, with the old key
+        issuer.delay = 0
+        issuer.rotate()
+        new = issuer.token("kp_new")
+        assert one(b, "SELECT verify_jwt(%s)->>'sub'", (new,)) == "kp_new"
+        time.sleep(2.6)  # b's keys expire; the abandoned answer is past the fetch timeout
+        assert one(a, "SELECT verify_jwt(%s)->>'sub'", (new,)) == "kp_new"
+        for conn in (a, b):
+            refused(conn, "SELECT verify_jwt(%s)", (old,), check="key")
+            assert one(conn, "SELECT verify_jwt(%s)->>'sub'", (new,)) == "kp_new"
