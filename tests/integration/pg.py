@@ -1,8 +1,10 @@
 """Throwaway PostgreSQL clusters for tests and the demo: initdb into /tmp, unix socket only,
 run as the `postgres` OS user when we are root (initdb refuses root)."""
 
+import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,14 @@ import psycopg
 
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 BINDIR = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
+
+# What the postmaster logs when a child dies abnormally (a backend, a parallel worker, any
+# server process): each means every session was reset, and the server recovered on its own,
+# so pg_postmaster_start_time() does not change.
+CRASH_LINES = re.compile(
+    r"terminated by signal|server process \(PID \d+\) exited|was terminated"
+    r"|terminating any other active server processes|all server processes terminated|PANIC:"
+)
 
 
 def _as_postgres(cmd, **kw):
@@ -116,3 +126,50 @@ class Cluster:
                 return f.read()
         except OSError:
             return ""
+
+    def log_size(self) -> int:
+        try:
+            return os.path.getsize(self.log)
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """The server log written after `offset` (a log_size())."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    @contextlib.contextmanager
+    def no_crash(self, dbname="postgres"):
+        """Assert that no server process crashes during the block.
+
+        A backend that dies on a signal makes the postmaster end every other session and
+        reinitialize; it does not restart, so pg_postmaster_start_time() stays the same. Two
+        witnesses instead: a sentinel session opened before the block must still answer, as the
+        same backend, after it; and the server log must have gained no crash line."""
+        offset = self.log_size()
+        sentinel = self.connect(dbname=dbname)
+        pid = sentinel.info.backend_pid
+        try:
+            yield
+        finally:
+            # A child that died at the very end of the block: give the postmaster time to reap
+            # it and reset the other sessions before looking.
+            time.sleep(0.2)
+            problems = []
+            try:
+                answer = sentinel.execute("SELECT 1, pg_backend_pid()").fetchone()
+                if answer != (1, pid):
+                    problems.append(f"the sentinel session answered {answer}, expected (1, {pid})")
+            except psycopg.Error as e:
+                problems.append(f"the sentinel session (backend {pid}) was lost: {str(e).strip()}")
+            finally:
+                sentinel.close()
+            crashes = [line for line in self.log_since(offset).splitlines() if CRASH_LINES.search(line)]
+            if crashes:
+                problems.append("the server log reports a crash:\n  " + "\n  ".join(crashes[:10]))
+            if problems:
+                raise AssertionError("a server process crashed: " + "; ".join(problems))

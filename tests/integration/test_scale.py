@@ -29,6 +29,13 @@ def big_table(cluster):
         su.execute("DROP TABLE big_todos")
 
 
+@pytest.fixture
+def no_crash(cluster):
+    """No backend or parallel worker crashes while the test runs (see Cluster.no_crash)."""
+    with cluster.no_crash(dbname="app"):
+        yield
+
+
 def force_parallel(conn):
     for s in ["parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0",
               "max_parallel_workers_per_gather = 2"]:
@@ -36,7 +43,7 @@ def force_parallel(conn):
 
 
 @pytest.mark.parametrize("source", ["kinde_rls.token", "request.headers"])
-def test_parallel_scan_under_rls_returns_exactly_the_users_rows(cluster, signers, big_table, source):
+def test_parallel_scan_under_rls_returns_exactly_the_users_rows(cluster, signers, big_table, no_crash, source):
     t = signers["rsa"].sign(kinde_access_claims("kp_user_7"), "RS256")
     value = t if source == "kinde_rls.token" else json.dumps({"authorization": f"Bearer {t}"})
     with cluster.connect(user="app_user", dbname="app") as c:
@@ -63,7 +70,7 @@ def test_parallel_scan_under_rls_returns_exactly_the_users_rows(cluster, signers
         assert warnings == []
 
 
-def test_parallel_workers_refuse_a_bad_token_too(cluster, signers, big_table):
+def test_parallel_workers_refuse_a_bad_token_too(cluster, signers, big_table, no_crash):
     bad = signers["stranger"].sign(kinde_access_claims("kp_user_7"), "RS256")
     with cluster.connect(user="app_user", dbname="app") as c:
         force_parallel(c)
