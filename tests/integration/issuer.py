@@ -8,7 +8,12 @@ issuer can have. Started and stopped by the tests; loopback only.
     issuer.discovery_mode = "500"   # discovery only: "500", "garbage", or "ok"
     issuer.discovery_issuer = "https://evil.example"   # what discovery claims to be
     issuer.extra_keys = [{...}]     # more JWKs served next to the signing keys
-    issuer.count("jwks")            # requests served, per endpoint
+    issuer.count("jwks")            # requests served, per endpoint ("redirect" for redirects)
+    issuer.requests                 # every request: (path, [(header name lowercased, value)])
+    url = issuer.redirect_chain(3)  # a URL that redirects 3 times, then lands on the JWKS
+    issuer.redirects["/x"] = "http://192.0.2.1/jwks"   # any path can redirect anywhere
+    issuer.redirect_cookie = "sid=…"  # a Set-Cookie sent with every redirect
+    issuer.reset_counts()           # forget the counts and the recorded requests
 """
 
 import json
@@ -38,6 +43,9 @@ class MockIssuer:
         self.hang_seconds = 10.0
         self.delay = 0.0  # seconds every answer takes
         self.counts = Counter()
+        self.requests = []  # (path, [(header name lowercased, value)]) per request
+        self.redirects = {}  # path -> Location, answered with 302
+        self.redirect_cookie = None
         self._lock = threading.Lock()
         self._release = threading.Event()
         issuer = self
@@ -90,6 +98,20 @@ class MockIssuer:
             self.signers = [new] + (self.signers if keep_old else [])
         return new
 
+    def redirect_chain(self, hops: int, target: str | None = None, name: str = "hop") -> str:
+        """A URL that redirects `hops` times (absolute-path Locations, on this server) before
+        landing on `target` (the JWKS path by default; an absolute URL is allowed)."""
+        target = target or self.jwks_path
+        with self._lock:
+            for n in range(1, hops + 1):
+                self.redirects[f"/{name}/{n}"] = f"/{name}/{n - 1}" if n > 1 else target
+        return self.base + (f"/{name}/{hops}" if hops else target)
+
+    def headers_seen(self) -> list:
+        """Every header name (lowercased) of every request served so far."""
+        with self._lock:
+            return [k for _, headers in self.requests for k, _ in headers]
+
     def count(self, endpoint: str) -> int:
         with self._lock:
             return self.counts[endpoint]
@@ -97,6 +119,7 @@ class MockIssuer:
     def reset_counts(self):
         with self._lock:
             self.counts.clear()
+            self.requests.clear()
 
     def stop(self):
         self._release.set()
@@ -115,6 +138,15 @@ class MockIssuer:
 
     def _serve(self, h: BaseHTTPRequestHandler):
         path = h.path.split("?")[0]
+        with self._lock:
+            self.requests.append((path, [(k.lower(), v) for k, v in h.headers.items()]))
+            location = self.redirects.get(path)
+        if location is not None:
+            with self._lock:
+                self.counts["redirect"] += 1
+                self.counts["total"] += 1
+            return self._send(h, 302, "", extra=[("Location", location)] + (
+                [("Set-Cookie", self.redirect_cookie)] if self.redirect_cookie else []))
         if path == DISCOVERY and self.discovery:
             endpoint = "discovery"
             body = json.dumps({
@@ -155,9 +187,11 @@ class MockIssuer:
         self._send(h, 200, body)
 
     @staticmethod
-    def _send(h, status: int, body: str):
+    def _send(h, status: int, body: str, extra=()):
         data = body.encode("utf-8", "surrogateescape")
         h.send_response(status)
+        for name, value in extra:
+            h.send_header(name, value)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         h.send_header("Connection", "close")
