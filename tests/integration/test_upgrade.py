@@ -2,8 +2,10 @@
 `ALTER EXTENSION kinde_rls UPDATE`, and ends with exactly the objects a fresh install has.
 
 Released schemas are frozen in sql/releases/kinde_rls--VERSION.sql; upgrade scripts are
-sql/kinde_rls--FROM--TO.sql. Until a second release exists the current version is its own
-predecessor: the same test then runs unchanged from the first version bump."""
+sql/kinde_rls--FROM--TO.sql. The previous release is installed from its frozen script (the build
+generates only the current version's), so `ALTER EXTENSION … UPDATE` really runs the upgrade
+scripts; when the current version is itself released, its frozen script must also still match
+what the build generates."""
 
 import glob
 import os
@@ -39,7 +41,7 @@ def released_versions() -> list[str]:
 VERSION = current_version()
 RELEASES = released_versions()
 EARLIER = [v for v in RELEASES if _version_key(v) < _version_key(VERSION)]
-PREVIOUS = EARLIER[-1] if EARLIER else VERSION
+PREVIOUS = EARLIER[-1] if EARLIER else None
 # The frozen schema of the current release is installed under this version name for the drift
 # check, so it never collides with the script the build generates for the same version.
 FROZEN = f"{VERSION}-frozen"
@@ -52,8 +54,8 @@ def test_release_files_are_consistent():
     for name in upgrades:
         a, b = re.match(r"kinde_rls--(.+)--(.+)\.sql$", name).groups()
         assert _version_key(a) < _version_key(b) <= _version_key(VERSION), name
-    if PREVIOUS != VERSION:
-        assert upgrades, f"{VERSION} follows release {PREVIOUS}: sql/kinde_rls--{PREVIOUS}--{VERSION}.sql is missing"
+    assert PREVIOUS is not None, f"no release before {VERSION} is frozen in sql/releases: nothing to upgrade from"
+    assert upgrades, f"{VERSION} follows release {PREVIOUS}: sql/kinde_rls--{PREVIOUS}--{VERSION}.sql is missing"
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,10 @@ def upc():
     """A cluster whose extension directory also holds the previous release's frozen script."""
     placed = []
     targets = {}
-    if PREVIOUS != VERSION:
-        targets[f"kinde_rls--{PREVIOUS}.sql"] = PREVIOUS
+    assert PREVIOUS is not None
+    # The build installs no script for an earlier version: the only way to it is the frozen one.
+    assert not os.path.exists(os.path.join(EXTDIR, f"kinde_rls--{PREVIOUS}.sql")), "stale install script"
+    targets[f"kinde_rls--{PREVIOUS}.sql"] = PREVIOUS
     if RELEASES and RELEASES[-1] == VERSION:
         targets[f"kinde_rls--{FROZEN}.sql"] = VERSION
     for name, release in targets.items():
@@ -162,6 +166,7 @@ def test_policies_survive_update_from_previous_release(upc):
         db.execute(POLICY_SQL)
     assert _observe(upc, "upgraded") == EXPECTED
     with upc.connect(dbname="upgraded") as db:
+        assert one(db, "SELECT extversion FROM pg_extension WHERE extname = 'kinde_rls'") == PREVIOUS != VERSION
         db.execute("ALTER EXTENSION kinde_rls UPDATE")
         assert one(db, "SELECT extversion FROM pg_extension WHERE extname = 'kinde_rls'") == VERSION
     assert _observe(upc, "upgraded") == EXPECTED
@@ -169,22 +174,26 @@ def test_policies_survive_update_from_previous_release(upc):
 
 def test_update_path_reaches_current_version(upc):
     with upc.connect() as db:
-        if PREVIOUS == VERSION:
-            assert one(db, "SELECT default_version FROM pg_available_extensions WHERE name = 'kinde_rls'") == VERSION
-        else:
-            path = one(db, "SELECT path FROM pg_extension_update_paths('kinde_rls') WHERE source = %s AND target = %s",
-                       (PREVIOUS, VERSION))
-            assert path is not None, f"no update path {PREVIOUS} -> {VERSION}"
+        assert one(db, "SELECT default_version FROM pg_available_extensions WHERE name = 'kinde_rls'") == VERSION
+        path = one(db, "SELECT path FROM pg_extension_update_paths('kinde_rls') WHERE source = %s AND target = %s",
+                   (PREVIOUS, VERSION))
+        assert path is not None, f"no update path {PREVIOUS} -> {VERSION}"
 
 
 def test_upgraded_database_matches_fresh_install(upc):
     _make_db(upc, "fresh", VERSION)
     _make_db(upc, "updated", PREVIOUS)
+    before = _fingerprint(upc, "updated")
     with upc.connect(dbname="updated") as db:
         db.execute("ALTER EXTENSION kinde_rls UPDATE")
+        assert one(db, "SELECT extversion FROM pg_extension WHERE extname = 'kinde_rls'") == VERSION
     fresh = _fingerprint(upc, "fresh")
-    assert len(fresh[1]) >= 17 and any("get_user_id()" in f[0] for f in fresh[1])
+    assert any("get_user_id()" in f[0] for f in fresh[1])
     assert _fingerprint(upc, "updated") == fresh
+    # The frozen previous release is what was installed: it differs from this version (0.1.0's
+    # jwks_status() has six columns), so the comparison above is not of a schema with itself.
+    if (PREVIOUS, VERSION) == ("0.1.0", "0.2.0"):
+        assert before != fresh
 
 
 def test_released_schema_has_not_drifted(upc):
