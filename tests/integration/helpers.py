@@ -33,3 +33,18 @@ def config_error(conn, sql, params=None, setting=None) -> psycopg.Error:
 def set_local(conn, name: str, value: str):
     """SET LOCAL takes no bind parameters: quote the value client-side."""
     conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
+
+
+def wait_for_setting(cluster, name: str, expected, dbname="app", timeout=60.0):
+    """pg_reload_conf() only signals the postmaster: poll fresh connections until they see
+    `expected` (None: the setting is unset or empty), instead of sleeping a guessed interval."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with cluster.connect(dbname=dbname) as c:
+            value = one(c, "SELECT current_setting(%s, true)", (name,))
+        if value == expected or (expected is None and value in (None, "")):
+            return
+        assert time.monotonic() < deadline, f"{name} is still {value!r} after {timeout} s, not {expected!r}"
+        time.sleep(0.05)

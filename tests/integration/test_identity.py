@@ -19,6 +19,17 @@ def tokens(signers):
     }
 
 
+@pytest.fixture
+def seeded(cluster):
+    """Rows of two users in todos (inserted by the superuser, who bypasses RLS), so a count that
+    should be 0 is 0 because a policy filtered, not because the table is empty."""
+    with cluster.connect(dbname="app") as su:
+        su.execute("INSERT INTO todos (task, user_id) VALUES ('p', 'kp_peter'), ('m', 'kp_mia')")
+    yield
+    with cluster.connect(dbname="app") as su:
+        su.execute("TRUNCATE todos")
+
+
 SET_LOCAL_TOKEN = object()
 
 
@@ -89,12 +100,15 @@ def test_kinde_rls_token_wins_over_headers(user_conn, tokens):
         assert one(user_conn, "SELECT get_user_id()") == "kp_peter"
 
 
-def test_spoofed_request_jwt_claims_are_ignored(user_conn):
+def test_spoofed_request_jwt_claims_are_ignored(user_conn, seeded, tokens):
     """The classic recipe trusts this JSON; anyone can SET it. We ignore it by default."""
     with user_conn.transaction():
         user_conn.execute("""SELECT set_config('request.jwt.claims', '{"sub":"kp_peter","role":"authenticated"}', true)""")
         assert one(user_conn, "SELECT get_user_id()") is None
         assert one(user_conn, "SELECT count(*) FROM todos") == 0
+    # Control: with Peter's token the same query sees his row.
+    rows = in_tx(user_conn, SET_LOCAL_TOKEN, (tokens["peter"],), "SELECT task FROM todos")
+    assert rows == [("p",)]
 
 
 def test_trust_request_claims_is_a_superuser_choice(cluster, db_settings):
@@ -125,11 +139,14 @@ def test_bad_token_is_an_error_never_anonymous(user_conn, signers):
 def test_expired_cached_token_is_refused_not_served(user_conn, signers):
     import time
 
-    t = signers["rsa"].sign(kinde_access_claims("kp_short", lifetime=-28), "RS256")  # valid for ~2 s with leeway
+    # exp 20 s ago: with the default 30 s leeway it verifies for about 10 more seconds (enough
+    # for one query on a loaded machine), then the cached verification must not be served.
+    claims = kinde_access_claims("kp_short", lifetime=-20)
+    t = signers["rsa"].sign(claims, "RS256")
     with user_conn.transaction():
         set_local(user_conn, "kinde_rls.token", t)
         assert one(user_conn, "SELECT get_user_id()") == "kp_short"
-    time.sleep(3)
+    time.sleep(max(0.0, claims["exp"] + 30 + 1.5 - time.time()))
     with user_conn.transaction():
         set_local(user_conn, "kinde_rls.token", t)
         refused(user_conn, "SELECT get_user_id()", check="exp")
@@ -153,13 +170,14 @@ def test_settings_change_takes_effect_at_once(su_conn, tokens):
 
 
 @pytest.mark.parametrize("reset", ["DISCARD ALL", "RESET ALL"])
-def test_reset_all_and_discard_all_forget_the_token(cluster, tokens, reset):
+def test_reset_all_and_discard_all_forget_the_token(cluster, tokens, reset, seeded):
     """What session-mode poolers (PgBouncer's server_reset_query, Pgpool-II, Npgsql) run between
     clients: afterwards the connection is anonymous, also on the per-row fast path."""
     with cluster.connect(user="app_user", dbname="app") as c:
         c.execute("SELECT set_config('kinde_rls.token', %s, false)", (tokens["peter"],))
         assert one(c, "SELECT get_user_id()") == "kp_peter"
         assert one(c, "SELECT get_user_id()") == "kp_peter"  # the fast path is warm
+        assert one(c, "SELECT count(*) FROM todos") == 1  # Peter's row
         c.execute(reset)
         assert one(c, "SELECT current_setting('kinde_rls.token', true)") in ("", None)
         assert one(c, "SELECT get_user_id()") is None
