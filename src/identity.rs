@@ -155,12 +155,20 @@ impl TokenCache {
         }
     }
 
-    /// Insert, evicting the oldest entries to stay within `cap`.
+    /// Insert, evicting the oldest entries to stay within `cap`. A token already cached keeps
+    /// its place in `order` (one entry per token, so eviction never drops a newer one early).
     fn insert(&mut self, token: &str, id: Rc<Identity>, cap: usize) {
         if cap == 0 {
             return;
         }
-        self.remove(token);
+        if let Some(entry) = self
+            .map
+            .get_mut(&bucket_key(token))
+            .and_then(|b| b.iter_mut().find(|(t, _)| &**t == token))
+        {
+            entry.1 = id;
+            return;
+        }
         while self.order.len() >= cap {
             match self.order.pop_front() {
                 Some(old) => self.remove(&old),

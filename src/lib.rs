@@ -417,6 +417,8 @@ fn get_feature_flag(name: Text) -> Option<RawJsonB> {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
+mod pg_test_vectors;
+#[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 
 /// Required by `cargo pgrx test`.

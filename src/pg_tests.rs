@@ -5,42 +5,26 @@
 mod tests {
     use pgrx::prelude::*;
 
-    const SECRET: &str = "kinde-client-secret-0123456789abcdefghijklmnop";
+    use crate::pg_test_vectors as v;
 
-    fn sign(claims: &str) -> String {
-        Spi::get_one::<String>(&format!("SELECT sign_jwt('{claims}'::jsonb, '{SECRET}')"))
-            .unwrap()
-            .unwrap()
+    fn set(name: &str, value: &str) {
+        Spi::run(&format!("SET {name} = '{value}'")).unwrap();
     }
 
-    fn future() -> i64 {
-        Spi::get_one::<i64>("SELECT extract(epoch FROM now())::bigint + 3600")
-            .unwrap()
-            .unwrap()
+    fn text(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).unwrap()
     }
 
     #[pg_test]
     fn hs256_round_trip_and_identity() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(
-            r#"{{"sub":"kp_a","exp":{},"email":"a@example.com","permissions":["read:todos"]}}"#,
-            future()
-        ));
-        let sub = Spi::get_one::<String>(&format!("SELECT verify_jwt('{t}')->>'sub'")).unwrap();
-        assert_eq!(sub.as_deref(), Some("kp_a"));
-        Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
         assert_eq!(
-            Spi::get_one::<String>("SELECT get_user_id()")
-                .unwrap()
-                .as_deref(),
+            text(&format!("SELECT verify_jwt('{}')->>'sub'", v::HS256_KP_A)).as_deref(),
             Some("kp_a")
         );
-        assert_eq!(
-            Spi::get_one::<String>("SELECT get_email()")
-                .unwrap()
-                .as_deref(),
-            Some("a@example.com")
-        );
+        set("kinde_rls.token", v::HS256_KP_A);
+        assert_eq!(text("SELECT get_user_id()").as_deref(), Some("kp_a"));
+        assert_eq!(text("SELECT get_email()").as_deref(), Some("a@example.com"));
         assert_eq!(
             Spi::get_one::<bool>("SELECT has_permission('read:todos')").unwrap(),
             Some(true)
@@ -52,11 +36,20 @@ mod tests {
     }
 
     #[pg_test]
+    fn asymmetric_tokens_from_a_configured_key_set() {
+        set("kinde_rls.jwks", v::JWKS);
+        set("kinde_rls.issuer", "https://acme.kinde.com");
+        for (token, sub) in [(v::RS256_KP_R, "kp_r"), (v::ES256_KP_E, "kp_e")] {
+            assert_eq!(
+                text(&format!("SELECT verify_jwt('{token}')->>'sub'")).as_deref(),
+                Some(sub)
+            );
+        }
+    }
+
+    #[pg_test]
     fn anonymous_is_null() {
-        assert_eq!(
-            Spi::get_one::<String>("SELECT get_user_id()").unwrap(),
-            None
-        );
+        assert_eq!(text("SELECT get_user_id()"), None);
         assert_eq!(
             Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(),
             Some(false)
@@ -65,53 +58,61 @@ mod tests {
 
     #[pg_test(error = "JWT refused: signature check failed (invalid signature)")]
     fn tampered_token_is_refused() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(r#"{{"sub":"kp_a","exp":{}}}"#, future()));
-        let forged = Spi::get_one::<String>(&format!(
-            "SELECT sign_jwt('{{\"sub\":\"kp_a\",\"exp\":{}}}'::jsonb, 'another-secret-0123456789abcdefghijklmnop')",
-            future()
-        ))
-        .unwrap()
-        .unwrap();
-        let sig = forged.rsplit('.').next().unwrap();
-        let (body, _) = t.rsplit_once('.').unwrap();
-        Spi::run(&format!("SET kinde_rls.token = '{body}.{sig}'")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
+        set("kinde_rls.token", v::HS256_TAMPERED);
+        Spi::run("SELECT get_user_id()").unwrap();
+    }
+
+    /// The token cache is hashed on a token's length and signature tail: a token of the same
+    /// length reusing a cached token's signature must be compared whole, and refused.
+    #[pg_test(error = "JWT refused: signature check failed (invalid signature)")]
+    fn same_signature_tail_as_a_cached_token_is_refused() {
+        set("kinde_rls.secret", v::SECRET);
+        set("kinde_rls.token", v::HS256_KP_A);
+        assert_eq!(text("SELECT get_user_id()").as_deref(), Some("kp_a"));
+        set("kinde_rls.token", v::HS256_SAME_TAIL_OTHER_PAYLOAD);
         Spi::run("SELECT get_user_id()").unwrap();
     }
 
     #[pg_test(error = "JWT refused: exp check failed (token expired)")]
     fn expired_is_refused() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(r#"{"sub":"kp_a","exp":1000}"#);
-        Spi::run(&format!("SELECT verify_jwt('{t}')")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
+        Spi::run(&format!("SELECT verify_jwt('{}')", v::HS256_EXPIRED)).unwrap();
     }
 
     #[pg_test(error = "no verification key is configured")]
     fn no_key_is_a_config_error() {
-        let t = sign(&format!(r#"{{"sub":"kp_a","exp":{}}}"#, future()));
-        Spi::run(&format!("SELECT verify_jwt('{t}')")).unwrap();
+        Spi::run(&format!("SELECT verify_jwt('{}')", v::HS256_KP_A)).unwrap();
     }
 
-    #[pg_test]
+    /// The identity cached for a token must not outlive the rules it was verified under: the
+    /// same token, the same session, get_user_id() refused once the issuer changes.
+    #[pg_test(error = "JWT refused: iss check failed (issuer not accepted)")]
     fn settings_change_invalidates_cache() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(
-            r#"{{"sub":"kp_a","exp":{},"iss":"https://acme.kinde.com"}}"#,
-            future()
-        ));
-        Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
-        assert_eq!(
-            Spi::get_one::<String>("SELECT get_user_id()")
-                .unwrap()
-                .as_deref(),
-            Some("kp_a")
-        );
-        Spi::run("SET kinde_rls.issuer = 'https://other.kinde.com'").unwrap();
-        let r = Spi::get_one::<bool>(&format!(
-            "SELECT bool_and(ok) FROM jwt_explain('{t}') WHERE \"check\" = 'iss'"
-        ))
-        .unwrap();
-        assert_eq!(r, Some(false));
+        set("kinde_rls.secret", v::SECRET);
+        set("kinde_rls.token", v::HS256_KP_A);
+        assert_eq!(text("SELECT get_user_id()").as_deref(), Some("kp_a"));
+        assert_eq!(text("SELECT get_user_id()").as_deref(), Some("kp_a"));
+        set("kinde_rls.issuer", "https://other.kinde.com");
+        Spi::run("SELECT get_user_id()").unwrap();
+    }
+
+    /// A panic inside the verifier (a bug) is a refusal of the token, never an XX000 that
+    /// could be mistaken for something else; PostgreSQL's own errors pass through unchanged.
+    #[pg_test]
+    fn a_panic_in_the_verifier_is_a_refusal() {
+        let r: Result<(), kinde_rls_core::Error> = crate::errors::guarded(|| panic!("a bug"));
+        match r {
+            Err(kinde_rls_core::Error::Refused(refusal)) => {
+                assert_eq!(refusal.check, kinde_rls_core::Check::Format);
+                assert!(
+                    !refusal.message().contains("a bug"),
+                    "{}",
+                    refusal.message()
+                );
+            }
+            other => panic!("not a refusal: {other:?}"),
+        }
     }
 
     #[pg_test]
@@ -122,33 +123,22 @@ mod tests {
 
     #[pg_test]
     fn feature_flags_and_roles() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
-        let t = sign(&format!(
-            r#"{{"sub":"kp_a","exp":{},"org_code":"org_1","roles":[{{"id":"r","key":"admin","name":"Admin"}}],"feature_flags":{{"theme":{{"t":"s","v":"pink"}}}}}}"#,
-            future()
-        ));
-        Spi::run(&format!("SET kinde_rls.token = '{t}'")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
+        set("kinde_rls.token", v::HS256_KINDE);
         assert_eq!(
             Spi::get_one::<bool>("SELECT has_role('admin')").unwrap(),
             Some(true)
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT get_feature_flag('theme') #>> '{}'")
-                .unwrap()
-                .as_deref(),
+            text("SELECT get_feature_flag('theme') #>> '{}'").as_deref(),
             Some("pink")
         );
-        assert_eq!(
-            Spi::get_one::<String>("SELECT get_org_code()")
-                .unwrap()
-                .as_deref(),
-            Some("org_1")
-        );
+        assert_eq!(text("SELECT get_org_code()").as_deref(), Some("org_1"));
     }
 
     #[pg_test]
     fn jwks_status_lists_configured_keys() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
         Spi::run("SET kinde_rls.issuer = 'https://acme.kinde.com'").unwrap();
         let row = Spi::get_two::<String, i32>("SELECT source, keys FROM jwks_status()").unwrap();
         assert_eq!(row, (Some("configured".into()), Some(1)));
@@ -162,7 +152,7 @@ mod tests {
 
     #[pg_test(error = "no key URL is configured: there is nothing to refresh")]
     fn refresh_without_a_url_is_a_config_error() {
-        Spi::run(&format!("SET kinde_rls.secret = '{SECRET}'")).unwrap();
+        set("kinde_rls.secret", v::SECRET);
         Spi::run("SELECT refresh_jwks()").unwrap();
     }
 
