@@ -47,7 +47,6 @@ def test_hs512_needs_a_64_byte_secret(user_conn):
 def test_kinde_supabase_hs256_flow(user_conn):
     """The ID token re-signed with the client secret: header has no kid, claims unchanged."""
     t = hs256_resign(kinde_id_claims("kp_cfcb1ae5b9254ad99521214014c54f43"))
-    assert jwt.get_unverified_header(t) == {"alg": "HS256", "typ": "JWT"}
     claims = one(user_conn, "SELECT verify_jwt(%s)", (t,))
     assert claims["sub"] == "kp_cfcb1ae5b9254ad99521214014c54f43"
     assert claims["email_verified"] is True
@@ -260,10 +259,20 @@ def test_unknown_kid_and_unknown_key(user_conn, signers):
 
 
 def test_injected_headers_are_never_fetched_or_trusted(user_conn, signers):
+    """A listening socket stands where jku/x5u point: nothing may connect to it."""
+    import socket
+
     st = signers["stranger"]
-    for extra in [{"jwk": st.jwk()}, {"jku": "http://127.0.0.1:1/jwks"}, {"x5u": "http://127.0.0.1:1/cert"}]:
-        t = st.sign(kinde_access_claims("kp"), "RS256", headers={**extra, "kid": signers["rsa"].kid})
-        refused(user_conn, "SELECT verify_jwt(%s)", (t,), check="signature")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.setblocking(False)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        for extra in [{"jwk": st.jwk()}, {"jku": f"{url}/jwks"}, {"x5u": f"{url}/cert"}]:
+            t = st.sign(kinde_access_claims("kp"), "RS256", headers={**extra, "kid": signers["rsa"].kid})
+            refused(user_conn, "SELECT verify_jwt(%s)", (t,), check="signature")
+        with pytest.raises(BlockingIOError):
+            srv.accept()
 
 
 def test_unknown_crit_is_refused(user_conn, signers):
@@ -285,9 +294,12 @@ def test_tampered_payload_and_stripped_signature(user_conn, signers):
     forged = b64(kinde_access_claims("kp_mia"))
     refused(user_conn, "SELECT verify_jwt(%s)", (f"{h}.{forged}.{sig}",), check="signature")
     refused(user_conn, "SELECT verify_jwt(%s)", (f"{h}.{body}.",), check="signature")
-    # A truncated signature is either bad base64url (format) or a wrong signature.
-    e = refused(user_conn, "SELECT verify_jwt(%s)", (f"{h}.{body}.{sig[:-8]}",))
-    assert e.diag.message_primary.split(" check")[0] in ("JWT refused: signature", "JWT refused: format")
+    # Four characters fewer before the last two is three bytes fewer, still canonical
+    # base64url (the tail keeps its zero bits): a wrong signature.
+    refused(user_conn, "SELECT verify_jwt(%s)", (f"{h}.{body}.{sig[:-6] + sig[-2:]}",), check="signature")
+    # One fewer leaves a length no base64url text has: the token is malformed.
+    assert len(sig) % 4 == 2
+    refused(user_conn, "SELECT verify_jwt(%s)", (f"{h}.{body}.{sig[:-1]}",), check="format")
 
 
 @pytest.mark.parametrize("token", [
