@@ -62,10 +62,12 @@ impl Identity {
         }
     }
 
-    /// All claims.
+    /// All claims. Verification refused every payload whose claim map cannot be built, so this
+    /// does not fail; if it ever did, the token is refused rather than read as having no claims.
     pub fn claims(&self) -> &Map<String, Value> {
-        self.claims
-            .get_or_init(|| token::full_claims(&self.payload))
+        self.claims.get_or_init(|| {
+            token::full_claims(&self.payload).unwrap_or_else(|r| crate::errors::refuse(&r))
+        })
     }
 
     /// The claims as JSON text (what `verify_jwt` returns, without a round trip through a map).

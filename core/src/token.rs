@@ -76,6 +76,67 @@ pub fn b64_encode(bytes: &[u8]) -> String {
     B64URL.encode(bytes)
 }
 
+/// A JSON value built exactly as its text says. serde_json's own [`Value`], with the
+/// `raw_value` feature this crate enables, reads an object whose first member is named
+/// `$serde_json::private::RawValue` as the JSON text held in that member's string: a payload
+/// `{"roles":{"$serde_json::private::RawValue":"[{\"key\":\"admin\"}]"}}` would read as a
+/// roles array holding `admin` to the claim helpers and as `aud: "api"` to the audience check,
+/// while PostgreSQL's jsonb (`get_claims()`, `get_claim()`) sees an object with one odd member;
+/// and when that string is not JSON, the claim map could not be built at all. Every header and
+/// claim value is built through this instead: that member name is a name like any other.
+struct Plain(Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Plain;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Plain, E> {
+                Ok(Plain(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Plain, E> {
+                Ok(Plain(Value::Number(n.into())))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Plain, E> {
+                Ok(Plain(Value::Number(n.into())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Plain, E> {
+                serde_json::Number::from_f64(n)
+                    .map(|n| Plain(Value::Number(n)))
+                    .ok_or_else(|| E::custom("a number that is not finite"))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Plain, E> {
+                Ok(Plain(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Plain, E> {
+                Ok(Plain(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<Plain, E> {
+                Ok(Plain(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Plain, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(Plain(v)) = a.next_element::<Plain>()? {
+                    out.push(v);
+                }
+                Ok(Plain(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Plain, A::Error> {
+                let mut out = Map::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    // Below the top level a repeated name keeps the last value, as jsonb does.
+                    out.insert(k, m.next_value::<Plain>()?.0);
+                }
+                Ok(Plain(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A JSON object whose top-level member names are unique.
 struct UniqueObject(Map<String, Value>);
 
@@ -90,7 +151,7 @@ impl<'de> Deserialize<'de> for UniqueObject {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<UniqueObject, A::Error> {
                 let mut out = Map::new();
                 while let Some(k) = m.next_key::<String>()? {
-                    let v: Value = m.next_value()?;
+                    let Plain(v) = m.next_value()?;
                     if out.contains_key(&k) {
                         return Err(serde::de::Error::custom(format!(
                             "duplicate member {}",
@@ -134,7 +195,7 @@ impl<'de> Deserialize<'de> for Registered {
                         )));
                     }
                     if REGISTERED.contains(&k.as_ref()) {
-                        let v: Value = m.next_value()?;
+                        let Plain(v) = m.next_value()?;
                         out.insert(k.to_string(), v);
                     } else {
                         m.next_value::<Checked>()?;
@@ -148,11 +209,12 @@ impl<'de> Deserialize<'de> for Registered {
     }
 }
 
-/// A JSON value read and dropped, but held to exactly what a [`Value`] accepts — numbers within
-/// `f64`, nesting within serde_json's limit of 128 — unlike [`serde::de::IgnoredAny`], which
-/// skips both. So a payload that verifies is one [`full_claims`] can read: no claim helper ever
-/// sees an empty map for a token that passed (`has_role()` answering "no" to a role that is
-/// there).
+/// A JSON value read and dropped, but held to exactly what a [`Plain`] value accepts — numbers
+/// within `f64`, nesting within serde_json's limit of 128 — unlike [`serde::de::IgnoredAny`],
+/// which skips both. The two are twins (the same `deserialize_any`, the same visits, the same
+/// errors), so a payload that [`parse`] accepts is one [`full_claims`] can build: a token that
+/// passed never has claims the helpers cannot read (`has_role()` answering "no" to a role
+/// that is there). The fuzz targets assert it.
 struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
@@ -172,8 +234,12 @@ impl<'de> Deserialize<'de> for Checked {
             fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
                 Ok(Checked)
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-                Ok(Checked)
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Checked, E> {
+                if n.is_finite() {
+                    Ok(Checked)
+                } else {
+                    Err(E::custom("a number that is not finite"))
+                }
             }
             fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
                 Ok(Checked)
@@ -305,8 +371,15 @@ fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
     if !has_suspect_escape(text) {
         return Ok(());
     }
-    let map = serde_json::from_str::<Map<String, Value>>(text)
-        .map_err(|e| malformed(format!("the {what} holds an invalid \\u escape ({e})")))?;
+    let map = match serde_json::from_str::<Plain>(text) {
+        Ok(Plain(Value::Object(map))) => map,
+        Ok(_) => return Err(malformed(format!("the {what} is not a JSON object"))),
+        Err(e) => {
+            return Err(malformed(format!(
+                "the {what} holds an invalid \\u escape ({e})"
+            )))
+        }
+    };
     match map
         .iter()
         .find(|(k, v)| k.contains('\0') || value_has_nul(v))
@@ -348,9 +421,12 @@ pub fn raw_member<'a>(object_json: &'a str, name: &str) -> Option<&'a str> {
     .map(|raw| raw.get())
 }
 
-/// All claims of a payload that [`parse`] validated.
-pub fn full_claims(payload_json: &str) -> Map<String, Value> {
-    parse_object(payload_json.as_bytes(), "payload").unwrap_or_default()
+/// All claims of a payload that [`parse`] validated. [`parse`] refuses every payload whose claims
+/// cannot be built (see [`Checked`]), so for a verified payload this is `Ok`; an error is
+/// returned, never an empty map, so that a caller cannot mistake "could not read the claims"
+/// for "no claims" (`has_role()` answering "no" for a role that is there).
+pub fn full_claims(payload_json: &str) -> Result<Map<String, Value>, Refusal> {
+    parse_object(payload_json.as_bytes(), "payload")
 }
 
 pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refusal> {
@@ -617,7 +693,7 @@ mod tests {
         // pair is one character: both fine.
         let t = tok(h, r#"{"sub":"kp_1","x":"\\u0000","y":"\ud83d\ude00"}"#);
         let ok = parse(&t).unwrap();
-        assert_eq!(full_claims(&ok.payload_json)["x"], "\\u0000");
+        assert_eq!(full_claims(&ok.payload_json).unwrap()["x"], "\\u0000");
         assert!(has_suspect_escape(r#""\u0000""#));
         assert!(has_suspect_escape(r#""\uDC00""#));
         assert!(!has_suspect_escape(r#""\\u0000\\""#));
@@ -646,7 +722,7 @@ mod tests {
         );
         let t = tok(h, &ok);
         let p = parse(&t).unwrap();
-        let claims = full_claims(&p.payload_json);
+        let claims = full_claims(&p.payload_json).unwrap();
         assert!(crate::claims::has_role(&claims, "banned"));
     }
 
@@ -670,6 +746,89 @@ mod tests {
             r#"{"x":2E+300}"#,
         ] {
             assert!(parse(&tok(h, ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn full_claims_fails_loudly_not_as_an_empty_map() {
+        for bad in ["[1]", "{", "", r#"{"a":1,"a":2}"#, r#"{"x":1e400}"#] {
+            assert_eq!(full_claims(bad).unwrap_err().check, Check::Format, "{bad}");
+        }
+        assert!(full_claims("{}").unwrap().is_empty());
+    }
+
+    /// serde_json's `Value` (with `raw_value`) reads an object whose first member is named
+    /// `$serde_json::private::RawValue` as the JSON text in its string. Here it is a member
+    /// name like any other, in the registered claims, in the claim map and in the header.
+    #[test]
+    fn serde_jsons_raw_value_member_name_is_an_ordinary_name() {
+        const RAW: &str = "$serde_json::private::RawValue";
+        let h = r#"{"alg":"HS256"}"#;
+        // Not JSON inside: the claim map can still be built, as the text says.
+        let t = tok(h, &format!(r#"{{"sub":"a","x":{{"{RAW}":"[1"}}}}"#));
+        let p = parse(&t).unwrap();
+        let claims = full_claims(&p.payload_json).unwrap();
+        assert_eq!(claims["x"][RAW], "[1");
+        // JSON inside: not a roles array in disguise.
+        let t = tok(
+            h,
+            &format!(r#"{{"sub":"a","roles":{{"{RAW}":"[{{\"key\":\"admin\"}}]"}}}}"#),
+        );
+        let claims = full_claims(&parse(&t).unwrap().payload_json).unwrap();
+        assert!(claims["roles"].is_object());
+        assert!(!crate::claims::has_role(&claims, "admin"));
+        // Nor an audience or an issuer in disguise.
+        let t = tok(h, &format!(r#"{{"aud":{{"{RAW}":"\"api\""}}}}"#));
+        assert!(parse(&t).unwrap().payload["aud"].is_object());
+        let t = tok(&format!(r#"{{"alg":{{"{RAW}":"\"HS256\""}}}}"#), "{}");
+        assert_eq!(check_of(&t), Check::Algorithm);
+        // Trusted request claims go through the same parser.
+        let m = parse_object(
+            format!(r#"{{"sub":{{"{RAW}":"\"kp_1\""}}}}"#).as_bytes(),
+            "x",
+        );
+        assert!(m.unwrap()["sub"].is_object());
+    }
+
+    /// What `parse` accepts, `full_claims` builds, and the registered claims are the claim
+    /// map's: over payloads at every edge the two parsers could disagree on.
+    #[test]
+    fn parse_and_full_claims_agree() {
+        let h = r#"{"alg":"HS256"}"#;
+        let payloads = [
+            r#"{"x":1e400}"#.to_string(),
+            r#"{"x":-1e308,"y":1e-400,"z":18446744073709551616}"#.to_string(),
+            r#"{"exp":1e400}"#.to_string(),
+            r#"{"x":"\ud800"}"#.to_string(),
+            r#"{"x":"\ud83d\ude00","aud":["\u0061pi"]}"#.to_string(),
+            r#"{"x":{"a":1,"a":2},"sub":"s"}"#.to_string(),
+            r#"{"sub":"s","s\u0075b":"t"}"#.to_string(),
+            r#"{"x":{"$serde_json::private::Number":"1"}}"#.to_string(),
+            r#"{"x":{"$serde_json::private::RawValue":1}}"#.to_string(),
+            r#"{"x":1} "#.to_string(),
+            r#"{"x":1} x"#.to_string(),
+            format!(r#"{{"d":{}1{}}}"#, "[".repeat(126), "]".repeat(126)),
+            format!(r#"{{"d":{}1{}}}"#, "[".repeat(127), "]".repeat(127)),
+            format!(r#"{{"exp":{}1{}}}"#, "[".repeat(127), "]".repeat(127)),
+            format!(r#"{{"d":{}{}}}"#, r#"{"a":"#.repeat(127), "}".repeat(127)),
+        ];
+        for text in &payloads {
+            let t = tok(h, text);
+            let parsed = parse(&t);
+            let full = full_claims(text);
+            assert_eq!(
+                parsed.is_ok(),
+                full.is_ok(),
+                "{text}: {parsed:?} / {full:?}"
+            );
+            if let (Ok(p), Ok(full)) = (parsed, full) {
+                for (k, v) in &p.payload {
+                    assert_eq!(full.get(k), Some(v), "{text}: {k}");
+                }
+                for k in REGISTERED {
+                    assert_eq!(p.payload.get(*k), full.get(*k), "{text}: {k}");
+                }
+            }
         }
     }
 }

@@ -65,8 +65,10 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// All claims (parses the payload; keep the result if you need it more than once).
-    pub fn claims(&self) -> Map<String, Value> {
+    /// All claims (parses the payload; keep the result if you need it more than once). Verification
+    /// refused every payload whose claims cannot be built, so this is `Ok` for a token that
+    /// passed; an error is never turned into an empty map.
+    pub fn claims(&self) -> Result<Map<String, Value>, Refusal> {
         crate::token::full_claims(&self.payload)
     }
 }
@@ -742,5 +744,58 @@ mod tests {
     fn lists() {
         assert_eq!(split_list(Some(" a, b ,,")), vec!["a", "b"]);
         assert!(split_list(None).is_empty());
+    }
+
+    const SECRET: &str = "kinde-client-secret-0123456789abcdefghijklmnop";
+
+    /// An HS256 token over this exact payload text.
+    fn hs256(payload: &str) -> String {
+        let h = crate::token::b64_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let input = format!("{h}.{}", crate::token::b64_encode(payload.as_bytes()));
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    /// A validly signed payload whose claim map cannot be built is refused at the format check,
+    /// by verify and by explain alike; one that passes always has a claim map.
+    #[test]
+    fn a_payload_without_a_claim_map_is_refused_at_format() {
+        let (keys, _) = crate::explicit_keys(SECRET, "HS256").unwrap();
+        let policy = Policy {
+            audiences: vec!["api".into()],
+            ..Policy::default()
+        };
+        let ok = hs256(r#"{"sub":"kp_1","exp":2000,"aud":"api","roles":[{"key":"admin"}]}"#);
+        let v = verify(&ok, &keys, &policy, 1000).unwrap();
+        assert!(crate::claims::has_role(&v.claims().unwrap(), "admin"));
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            r#"{"sub":"kp_1","exp":2000,"aud":"api","x":1e400}"#.to_string(),
+            format!(r#"{{"sub":"kp_1","exp":2000,"aud":"api","x":{deep}}}"#),
+            r#"{"sub":"kp_1","exp":2000,"aud":"api","x":"\udc00"}"#.to_string(),
+        ] {
+            let t = hs256(&bad);
+            assert_eq!(
+                verify(&t, &keys, &policy, 1000).unwrap_err().check,
+                Check::Format,
+                "{bad}"
+            );
+            let rows = explain(&t, &keys, &policy, 1000);
+            assert_eq!((rows[0].check, rows[0].ok), (Check::Format, Some(false)));
+        }
+        // serde_json's raw-value member name smuggles no audience and no role.
+        let t = hs256(
+            r#"{"sub":"kp_1","exp":2000,"aud":{"$serde_json::private::RawValue":"\"api\""}}"#,
+        );
+        assert_eq!(
+            verify(&t, &keys, &policy, 1000).unwrap_err().check,
+            Check::Aud
+        );
+        let t = hs256(
+            r#"{"sub":"kp_1","exp":2000,"aud":"api","roles":{"$serde_json::private::RawValue":"[\"admin\"]"}}"#,
+        );
+        let v = verify(&t, &keys, &policy, 1000).unwrap();
+        assert!(!crate::claims::has_role(&v.claims().unwrap(), "admin"));
     }
 }
