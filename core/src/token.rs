@@ -503,6 +503,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
     let (h, p, signature_b64) = split(token)?;
     let header = parse_object(&b64_decode(h, "header")?, "header")?;
     let (payload, payload_json) = parse_payload(b64_decode(p, "payload")?)?;
+    // The signature is checked later, but its encoding is the format's: a refusal for it is a
+    // format refusal in verify and in explain alike, before any key is looked at.
+    b64_decode(signature_b64, "signature")?;
     let signing_input = &token[..h.len() + 1 + p.len()];
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
@@ -610,6 +613,19 @@ mod tests {
         let std_alpha = h.replace('-', "+").replace('_', "/") + "+";
         assert_eq!(check_of(&format!("{std_alpha}.{p}.x")), Check::Format);
         assert_eq!(check_of(&format!("{h} .{p}.x")), Check::Format);
+        // The signature segment too, before the header rules or any key.
+        for sig in ["c2ln=", "c2l+", "c2l/", "AB", "c2ln!", "c2 ln"] {
+            let e = parse(&format!("{h}.{p}.{sig}")).unwrap_err();
+            assert_eq!(e.check, Check::Format, "{sig}");
+            assert!(
+                e.detail.contains("signature is not unpadded base64url"),
+                "{sig}"
+            );
+        }
+        assert_eq!(
+            check_of(&format!("{}.{p}.c2l+", seg(r#"{"alg":"none"}"#))),
+            Check::Format
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{quote, Check, Refusal};
 use crate::keys::{algorithm_name, parse_algorithm, Key};
-use crate::token::{b64_decode, parse, Parsed};
+use crate::token::{parse, Parsed};
 
 /// Latest `exp`/`nbf` accepted: 9999-12-31T23:59:59Z. Larger numbers are refused as malformed
 /// rather than trusted as "never expires".
@@ -251,7 +251,7 @@ pub fn check_signature<'k>(
     if p.signature_b64.is_empty() {
         return Err(Refusal::new(Check::Signature, "the token has no signature"));
     }
-    b64_decode(p.signature_b64, "signature")?;
+    // parse checked that the signature is unpadded base64url.
     for key in candidates {
         // An error here (a key the backend rejects, a signature of the wrong length) is a failed
         // verification like any other: fail closed.
@@ -784,6 +784,15 @@ mod tests {
             let rows = explain(&t, &keys, &policy, 1000);
             assert_eq!((rows[0].check, rows[0].ok), (Check::Format, Some(false)));
         }
+        // A signature that is not base64url: a format refusal, and explain's format row says so.
+        let t = format!("{}!", &ok[..ok.len() - 1]);
+        assert_eq!(
+            verify(&t, &keys, &policy, 1000).unwrap_err().check,
+            Check::Format
+        );
+        let rows = explain(&t, &keys, &policy, 1000);
+        assert_eq!((rows[0].check, rows[0].ok), (Check::Format, Some(false)));
+        assert!(rows[0].detail.contains("signature"), "{}", rows[0].detail);
         // serde_json's raw-value member name smuggles no audience and no role.
         let t = hs256(
             r#"{"sub":"kp_1","exp":2000,"aud":{"$serde_json::private::RawValue":"\"api\""}}"#,
