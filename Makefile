@@ -15,7 +15,7 @@ PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
 export PG PG_CONFIG
 export KINDE_RLS_VENV := $(VENV)
 
-.PHONY: setup install test test-all lint unit pgtest integration demo bench fuzz soak \
+.PHONY: setup install test test-all lint unit pgtest integration demo bench fuzz fuzz-check soak \
 	package package-one install-package clean
 
 # Versions `make test-all` and `make package` cover; .ci/run tests 15 and 17.
@@ -70,6 +70,13 @@ FUZZ_SECONDS ?= 300
 fuzz: setup
 	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# No fuzzing time: the fuzz targets and the bench compile, every verify_token seed is accepted,
+# and every committed fuzz corpus passes its target's properties once (-runs=0).
+fuzz-check:
+	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+	bash scripts/fuzz.sh --check
+	cargo check --locked --all-targets --manifest-path bench/core/Cargo.toml
 
 # A bounded concurrency soak: SOAK_CLIENTS sessions for SOAK_SECONDS, valid and bad tokens mixed.
 SOAK_CLIENTS ?= 16

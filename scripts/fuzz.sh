@@ -3,6 +3,10 @@
 # and print executions and findings per target. The committed seed corpus (fuzz/corpus) is read,
 # never written: new inputs go to a scratch corpus under /tmp; crashes to fuzz/artifacts.
 # cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+#
+# make fuzz-check (`fuzz.sh --check`): build the targets, check that every verify_token seed is
+# accepted (fuzz/tests/seeds.rs), and run every committed corpus once (-runs=0) through its
+# target, so that a broken property or a rotten seed fails without any fuzzing time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-300}"
@@ -10,6 +14,16 @@ scratch="${FUZZ_SCRATCH:-/tmp/kinde_rls-fuzz}"
 export RUSTC_BOOTSTRAP=1
 targets=$(cargo fuzz list)
 cargo fuzz build -O
+if [ "$seconds" = --check ]; then
+  cargo test --locked --manifest-path fuzz/Cargo.toml
+  for t in $targets; do
+    # An empty scratch directory first: whatever libFuzzer writes goes there, not to the corpus.
+    rm -rf "$scratch/replay/$t" && mkdir -p "$scratch/replay/$t"
+    echo "== replaying fuzz/corpus/$t ($(ls "fuzz/corpus/$t" | wc -l) inputs)"
+    cargo fuzz run -O "$t" "$scratch/replay/$t" "fuzz/corpus/$t" -- -runs=0 -max_len=20000
+  done
+  exit 0
+fi
 status=0
 summary=""
 for t in $targets; do
