@@ -7,7 +7,8 @@
 //! - One deadline for the whole operation (discovery plus JWKS, redirects included).
 //! - At most [`MAX_BODY_BYTES`] read from any response; at most [`MAX_REDIRECTS`] redirects,
 //!   each target held to the same URL rule.
-//! - No `Authorization` header is ever sent (Kinde's JWKS endpoint answers 403 to one).
+//! - No `Authorization` header is ever sent (Kinde's JWKS endpoint answers 403 to one): a URL
+//!   carrying `user:password@` is refused, configured or reached by a redirect.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,15 @@ pub const MAX_REDIRECTS: usize = 3;
 
 /// Is this URL one we may fetch keys from?
 pub fn url_allowed(url: &str) -> Result<(), String> {
+    // `user:password@` would make the HTTP client send an Authorization header, and quoting the
+    // URL in a message would print the password: refused first, without quoting.
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "a key URL must not carry credentials (user:password@); keys are public".to_string(),
+        );
+    }
     let uri: ureq::http::Uri = url
         .parse()
         .map_err(|_| format!("{} is not a URL", crate::error::quote(url)))?;
@@ -388,5 +398,21 @@ mod tests {
         assert!(hop_allowed("http://127.0.0.1:1", "http://localhost:2/jwks").is_ok());
         assert!(hop_allowed("http://127.0.0.1:1", "https://acme.kinde.com/jwks").is_ok());
         assert!(hop_allowed("http://127.0.0.1:1", "http://10.0.0.1/jwks").is_err());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_quoting_them() {
+        for url in [
+            "https://user:hunter2@acme.kinde.com/jwks",
+            "https://hunter2@acme.kinde.com",
+            "http://u:hunter2@127.0.0.1:8080/.well-known/jwks",
+            "user:hunter2@acme.kinde.com",
+        ] {
+            let e = url_allowed(url).unwrap_err();
+            assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
+            assert!(hop_allowed("http://127.0.0.1:1", url).is_err());
+        }
+        // An @ after the authority is part of the path or query, not credentials.
+        assert!(url_allowed("https://acme.kinde.com/keys@v2?x=a@b").is_ok());
     }
 }

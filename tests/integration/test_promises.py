@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import padding
-from helpers import one, refused, set_local
+from helpers import config_error, one, refused, set_local
 from issuer import MockIssuer
 from kinde import KINDE_ISS, Signer, jwks, kinde_access_claims
 from psycopg import sql
@@ -252,8 +252,6 @@ def test_a_full_token_cache_evicts_its_oldest_entry(make_db, make_issuer):
     assert misses == 4
 
 
-@pytest.mark.xfail(strict=True, reason="TokenCache::insert leaves the re-inserted token's old place in the "
-                   "eviction order, so the next eviction removes the fresh entry (src/identity.rs)")
 def test_a_reverified_token_keeps_its_place_in_a_full_cache(make_db, make_issuer):
     """A cached verification that expired with its keys is verified again and re-inserted: it
     must then be the newest entry. With room for 2: A (re-verified), B, A — A from the cache."""
@@ -485,8 +483,6 @@ def test_key_fetches_send_no_credentials(make_db, make_issuer):
     assert not seen & {"authorization", "cookie", "proxy-authorization"}, issuer.requests
 
 
-@pytest.mark.xfail(strict=True, reason="a URL with user:password@ makes the HTTP client send Authorization: Basic "
-                   "(core/src/fetch.rs get(); url_allowed() accepts userinfo)")
 def test_a_redirect_cannot_make_a_key_fetch_send_credentials(make_db, make_issuer):
     """Fetching: "no credentials sent" (fetch.rs: "No Authorization header is ever sent"). A
     redirect whose Location carries user:password@ must not turn into an Authorization header
@@ -501,6 +497,16 @@ def test_a_redirect_cannot_make_a_key_fetch_send_credentials(make_db, make_issue
             assert e.sqlstate == "28000", str(e)
     assert [p for p, _ in issuer.requests][0] == "/userinfo"
     assert "authorization" not in issuer.headers_seen(), issuer.requests
+
+
+def test_a_configured_key_url_with_credentials_is_a_config_error_that_hides_them(make_db, make_issuer):
+    issuer = make_issuer()
+    connect = make_db(jwks_url=issuer.jwks_url.replace("http://", "http://kinde:hunter2@"), issuer=issuer.iss)
+    with connect() as c:
+        e = config_error(c, "SELECT verify_jwt(%s)", (issuer.token("kp_x"),), setting="kinde_rls.jwks_url")
+    assert "credentials" in e.diag.message_primary
+    assert "hunter2" not in f"{e.diag.message_primary} {e.diag.message_detail} {e.diag.message_hint}"
+    assert issuer.count("total") == 0
 
 
 def test_a_session_waiting_for_anothers_fetch_waits_at_most_its_timeout(cluster, make_db, make_issuer):
