@@ -876,13 +876,17 @@ def test_cancelling_does_not_get_around_the_refetch_rate_limit(issuer, keys_db):
         issuer.delay = 0.3
         issuer.reset_counts()
         c.execute("SET statement_timeout = '60ms'")
+        t0 = time.monotonic()
         for _ in range(20):
             stranger.kid = uuid.uuid4().hex
             try:
                 c.execute("SELECT verify_jwt(%s)", (issuer.sign(issuer.claims("kp_x"), signer=stranger),))
             except psycopg.Error as e:
                 assert e.sqlstate in ("57014", "28000"), e
-    assert issuer.count("jwks") <= 1, issuer.count("jwks")
+        elapsed = time.monotonic() - t0
+    # One refetch per 2 s window at most; a loaded machine may stretch the loop over several.
+    allowed = 1 + int(elapsed / 2)
+    assert issuer.count("jwks") <= allowed < 20, (issuer.count("jwks"), elapsed)
 
 
 def test_a_fast_shutdown_ends_a_hanging_fetch_at_once(issuer):
