@@ -41,7 +41,7 @@ pgtest: setup
 # The integration suite runs against the extension as a user installs it: from this version's
 # package tarball, through its install.sh (test_package.py checks the files are the package's).
 integration: install-package
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+	KINDE_RLS_FULL_SUITE=1 $(PY) -m pytest -q -rs -p no:cacheprovider tests/integration
 
 package-one: setup
 	bash scripts/package.sh $(PG) $(PG_CONFIG)
