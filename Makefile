@@ -51,7 +51,7 @@ install-package: package-one
 	tar -C dist/.install-check -xzf "$$(cat dist/pg$(PG)/tarball)"
 	dist/.install-check/kinde_rls-*/install.sh --pg-config $(PG_CONFIG)
 
-test: lint unit pgtest integration
+test: lint unit fuzz-check pgtest integration
 
 # The whole suite once per version, each with its own build and clusters.
 test-all:
@@ -73,7 +73,7 @@ fuzz: setup
 
 # No fuzzing time: the fuzz targets and the bench compile, every verify_token seed is accepted,
 # and every committed fuzz corpus passes its target's properties once (-runs=0).
-fuzz-check:
+fuzz-check: setup
 	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 	bash scripts/fuzz.sh --check
 	cargo check --locked --all-targets --manifest-path bench/core/Cargo.toml
