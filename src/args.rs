@@ -53,7 +53,7 @@ impl FromDatum for Jsonb {
         .to_str()
         .map(str::to_owned);
         Some(Jsonb(match text {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| e.to_string()),
+            Ok(t) => kinde_rls_core::token::parse_value(&t).map_err(|e| e.to_string()),
             Err(_) => Err("it is not valid UTF-8".into()),
         }))
     }

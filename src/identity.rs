@@ -157,8 +157,10 @@ impl TokenCache {
         }
     }
 
-    /// Insert, evicting the oldest entries to stay within `cap`. A token already cached keeps
-    /// its place in `order` (one entry per token, so eviction never drops a newer one early).
+    /// Insert, evicting the oldest entries to stay within `cap`. A token already cached (one
+    /// verified again, say after its keys were refetched) is updated and becomes the newest: one
+    /// entry per token in `order`, so eviction never drops a fresher entry early. That walk of
+    /// `order` happens only on a re-verification, never on a lookup.
     fn insert(&mut self, token: &str, id: Rc<Identity>, cap: usize) {
         if cap == 0 {
             return;
@@ -169,6 +171,9 @@ impl TokenCache {
             .and_then(|b| b.iter_mut().find(|(t, _)| &**t == token))
         {
             entry.1 = id;
+            let t = entry.0.clone();
+            self.order.retain(|o| !Rc::ptr_eq(o, &t));
+            self.order.push_back(t);
             return;
         }
         while self.order.len() >= cap {
@@ -404,7 +409,7 @@ pub fn current_config() -> Result<Rc<Config>, ConfigError> {
 
 /// The bearer token in a PostgREST `request.headers` JSON document, if any.
 fn bearer_from_headers(headers: &str) -> Option<String> {
-    let doc: Value = serde_json::from_str(headers).ok()?;
+    let doc = token::parse_value(headers).ok()?;
     let auth = doc.get("authorization")?.as_str()?.trim();
     let (scheme, rest) = auth.split_once(char::is_whitespace)?;
     if !scheme.eq_ignore_ascii_case("bearer") {

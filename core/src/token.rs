@@ -421,6 +421,13 @@ pub fn raw_member<'a>(object_json: &'a str, name: &str) -> Option<&'a str> {
     .map(|raw| raw.get())
 }
 
+/// Any JSON text as it is written (serde_json's [`Value`] would read the `raw_value` magic
+/// member name as embedded JSON; see [`Plain`]): for JSON the extension reads from SQL
+/// arguments and request settings, so what it signs or looks at is what the caller wrote.
+pub fn parse_value(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<Plain>(text).map(|p| p.0)
+}
+
 /// All claims of a payload that [`parse`] validated. [`parse`] refuses every payload whose claims
 /// cannot be built (see [`Checked`]), so for a verified payload this is `Ok`; an error is
 /// returned, never an empty map, so that a caller cannot mistake "could not read the claims"
@@ -575,6 +582,19 @@ mod tests {
 
     fn tok(h: &str, p: &str) -> String {
         format!("{}.{}.c2ln", seg(h), seg(p))
+    }
+
+    #[test]
+    fn parse_value_reads_the_raw_value_member_name_as_a_name() {
+        let magic = r#"{"roles":{"$serde_json::private::RawValue":"[\"admin\"]"}}"#;
+        let v = parse_value(magic).unwrap();
+        assert!(v["roles"].is_object(), "{v}");
+        assert_eq!(v["roles"]["$serde_json::private::RawValue"], "[\"admin\"]");
+        let whole = r#"{"$serde_json::private::RawValue":"{\"sub\":\"kp_admin\"}"}"#;
+        assert!(parse_value(whole).unwrap().get("sub").is_none());
+        // serde_json's own Value is what this guards against.
+        let plain: Value = serde_json::from_str(whole).unwrap();
+        assert_eq!(plain["sub"], "kp_admin");
     }
 
     #[test]

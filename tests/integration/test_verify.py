@@ -115,6 +115,26 @@ def test_sign_jwt_with_header_and_bad_inputs(user_conn, signers):
     config_error(user_conn, "SELECT sign_jwt('{}', %s, 'ES256')", (pem_private(s.key),), setting="key")
 
 
+MAGIC = "$serde_json::private::RawValue"
+
+
+def test_sign_jwt_signs_the_jsonb_as_given(user_conn):
+    """serde_json reads an object whose only member is its raw-value marker as the JSON text
+    inside it; sign_jwt() must sign what the caller wrote, not what that text says."""
+    secret = CLIENT_SECRET
+    meta = {MAGIC: json.dumps({"sub": "kp_admin", "roles": ["admin"]})}
+    claims = {"sub": "kp_user", "exp": int(time.time()) + 60, "user_metadata": meta}
+    t = one(user_conn, "SELECT sign_jwt(%s::jsonb, %s)", (json.dumps(claims), secret))
+    assert jwt.decode(t, secret, algorithms=["HS256"]) == claims
+    whole = {MAGIC: json.dumps({"sub": "kp_admin", "exp": int(time.time()) + 60})}
+    t = one(user_conn, "SELECT sign_jwt(%s::jsonb, %s)", (json.dumps(whole), secret))
+    assert jwt.decode(t, secret, algorithms=["HS256"], options={"verify_exp": False}) == whole
+    t = one(user_conn, "SELECT sign_jwt('{\"sub\":\"a\"}', %s, 'HS256', %s::jsonb)",
+            (secret, json.dumps({"kid": {MAGIC: '"k1"'}})))
+    header = json.loads(base64.urlsafe_b64decode(t.split(".")[0] + "=="))
+    assert header["kid"] == {MAGIC: '"k1"'}
+
+
 def test_decode_unverified(user_conn, signers):
     t = signers["rsa"].sign({"sub": "kp_x", "exp": 1}, "RS256")
     d = one(user_conn, "SELECT jwt_decode_unverified(%s)", (t,))
