@@ -34,10 +34,10 @@ pub fn url_allowed(url: &str) -> Result<(), String> {
     }
     let uri: ureq::http::Uri = url
         .parse()
-        .map_err(|_| format!("{} is not a URL", crate::error::quote(url)))?;
+        .map_err(|_| format!("{} is not a URL", quote_url(url)))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("{} has no host", crate::error::quote(url)))?;
+        .ok_or_else(|| format!("{} has no host", quote_url(url)))?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if is_loopback(host) => Ok(()),
@@ -45,10 +45,17 @@ pub fn url_allowed(url: &str) -> Result<(), String> {
             "plain http:// is allowed only to loopback addresses, not {}",
             crate::error::quote(host)
         )),
-        _ => Err(format!(
-            "{} is not an https:// URL",
-            crate::error::quote(url)
-        )),
+        _ => Err(format!("{} is not an https:// URL", quote_url(url))),
+    }
+}
+
+/// A URL for a message: quoted, unless it holds an `@` anywhere (in a text that is not a URL
+/// there is no telling what is a password), then described without it.
+fn quote_url(url: &str) -> String {
+    if url.contains('@') {
+        "the URL (not shown: it contains '@')".to_string()
+    } else {
+        crate::error::quote(url)
     }
 }
 
@@ -411,6 +418,15 @@ mod tests {
             let e = url_allowed(url).unwrap_err();
             assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
             assert!(hop_allowed("http://127.0.0.1:1", url).is_err());
+        }
+        // Misspelt schemes are not parsed as URLs; the message still does not show them.
+        for url in [
+            "https:/kinde:hunter2@acme.kinde.com/.well-known/jwks",
+            "https//kinde:hunter2@acme.kinde.com/jwks",
+            "ftp://x/hunter2@y",
+        ] {
+            let e = url_allowed(url).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
         }
         // An @ after the authority is part of the path or query, not credentials.
         assert!(url_allowed("https://acme.kinde.com/keys@v2?x=a@b").is_ok());
