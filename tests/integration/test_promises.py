@@ -254,13 +254,14 @@ def test_a_full_token_cache_evicts_its_oldest_entry(make_db, make_issuer):
 
 def test_a_reverified_token_keeps_its_place_in_a_full_cache(make_db, make_issuer):
     """A cached verification that expired with its keys is verified again and re-inserted: it
-    must then be the newest entry. With room for 2: A (re-verified), B, A — A from the cache."""
+    must then be the newest entry. Room for 2, A and B cached (A older); after the keys expire:
+    A (re-verified, now newest), C (evicts B, not A), A — from the cache."""
     issuer = make_issuer()
-    a, b = issuer.token("kp_a"), issuer.token("kp_b")
+    a, b, c = issuer.token("kp_a"), issuer.token("kp_b"), issuer.token("kp_c")
     connect = _cache_db(make_db, issuer)
     connect.role_set("kinde_rls.cache_size", 2)
-    subs, misses, _ = _misses(connect, issuer, [a], [a, b, a])
-    assert subs == ["kp_a", "kp_b", "kp_a"]
+    subs, misses, _ = _misses(connect, issuer, [a, b], [a, c, a])
+    assert subs == ["kp_a", "kp_c", "kp_a"]
     assert misses == 2
 
 
