@@ -630,8 +630,15 @@ mod tests {
         let h = seg(r#"{"alg":"HS256"}"#);
         let p = seg(r#"{"sub":"a"}"#);
         assert_eq!(check_of(&format!("{h}=.{p}.x")), Check::Format);
-        let std_alpha = h.replace('-', "+").replace('_', "/") + "+";
-        assert_eq!(check_of(&format!("{std_alpha}.{p}.x")), Check::Format);
+        // A header whose encoding has both URL-safe characters; in the standard alphabet it
+        // decodes to the same bytes, and only the alphabet rule refuses it.
+        let h2 = seg(r#"{"alg":"HS256","x":"~~~???"}"#);
+        assert!(h2.contains('-') && h2.contains('_'), "{h2}");
+        let std_alpha = h2.replace('-', "+").replace('_', "/");
+        assert!(parse(&format!("{h2}.{p}.c2ln")).is_ok());
+        let e = parse(&format!("{std_alpha}.{p}.c2ln")).unwrap_err();
+        assert_eq!(e.check, Check::Format);
+        assert!(e.detail.contains("base64url"), "{}", e.detail);
         assert_eq!(check_of(&format!("{h} .{p}.x")), Check::Format);
         // The signature segment too, before the header rules or any key.
         for sig in ["c2ln=", "c2l+", "c2l/", "AB", "c2ln!", "c2 ln"] {
@@ -669,13 +676,16 @@ mod tests {
             b64_encode(format!("{{\"a\":{deep}").as_bytes())
         );
         assert!(d.len() > MAX_TOKEN_BYTES);
-        let deep = "[".repeat(5_000);
+        // Well-formed, within the size limit, refused for its depth alone.
         let d = format!(
-            "{}.{}.x",
+            "{}.{}.c2ln",
             seg(r#"{"alg":"HS256"}"#),
-            b64_encode(format!("{{\"a\":{deep}").as_bytes())
+            b64_encode(format!("{{\"a\":{}{}}}", "[".repeat(4_000), "]".repeat(4_000)).as_bytes())
         );
-        assert_eq!(check_of(&d), Check::Format);
+        assert!(d.len() < MAX_TOKEN_BYTES);
+        let e = parse(&d).unwrap_err();
+        assert_eq!(e.check, Check::Format);
+        assert!(e.detail.contains("recursion limit"), "{}", e.detail);
     }
 
     #[test]
