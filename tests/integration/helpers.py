@@ -48,3 +48,23 @@ def wait_for_setting(cluster, name: str, expected, dbname="app", timeout=60.0):
             return
         assert time.monotonic() < deadline, f"{name} is still {value!r} after {timeout} s, not {expected!r}"
         time.sleep(0.05)
+
+
+def in_thread(conn, query, params=()):
+    """Run `query` on `conn` in a thread; returns (thread, box) with box['error'|'result', 't']."""
+    import threading
+    import time
+
+    box = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            box["result"] = conn.execute(query, params).fetchall()
+        except Exception as e:  # noqa: BLE001
+            box["error"] = e
+        box["t"] = time.monotonic() - t0
+
+    th = threading.Thread(target=run)
+    th.start()
+    return th, box

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from helpers import one, refused, set_local
 from psycopg import sql
-from kinde import CLIENT_SECRET, KINDE_ISS, hs256_resign, kinde_access_claims, kinde_id_claims
+from kinde import KINDE_ISS, hs256_resign, kinde_access_claims, kinde_id_claims
 
 
 @pytest.fixture

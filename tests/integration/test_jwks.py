@@ -11,14 +11,13 @@ import json
 import os
 import re
 import ssl
-import subprocess
 import threading
 import time
 import uuid
 
 import psycopg
 import pytest
-from helpers import one, refused, wait_for_setting
+from helpers import in_thread, one, refused, wait_for_setting
 from issuer import MockIssuer
 from kinde import Signer, kinde_access_claims
 from pg import Cluster
@@ -494,23 +493,6 @@ def _wait_until_waiting(su, pid, timeout=30.0):
         time.sleep(0.02)
 
 
-def _in_thread(conn, sql, params=()):
-    """Run `sql` on `conn` in a thread; returns (thread, box) with box['error'|'result', 't']."""
-    box = {}
-
-    def run():
-        t0 = time.monotonic()
-        try:
-            box["result"] = conn.execute(sql, params).fetchall()
-        except Exception as e:  # noqa: BLE001
-            box["error"] = e
-        box["t"] = time.monotonic() - t0
-
-    th = threading.Thread(target=run)
-    th.start()
-    return th, box
-
-
 def test_statement_timeout_ends_a_hanging_fetch(issuer, keys_db):
     """kinde_rls.jwks_timeout_ms = 10 s, statement_timeout = 300 ms: the query ends with 57014 in
     about 300 ms, and the next statement fetches afresh once the issuer answers again."""
@@ -543,7 +525,7 @@ def test_cancel_and_terminate_end_a_hanging_fetch_and_leave_nothing_stuck(issuer
     with connect(user="postgres") as su:
         with connect() as c:
             pid = one(c, "SELECT pg_backend_pid()")
-            th, box = _in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+            th, box = in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
             _wait_until_waiting(su, pid)
             assert one(su, "SELECT pg_cancel_backend(%s)", (pid,)) is True
             th.join(issuer.hang_seconds)
@@ -551,7 +533,7 @@ def test_cancel_and_terminate_end_a_hanging_fetch_and_leave_nothing_stuck(issuer
             assert box["t"] < issuer.hang_seconds / 2, box
         c2 = connect()
         pid2 = one(c2, "SELECT pg_backend_pid()")
-        th, box = _in_thread(c2, "SELECT verify_jwt(%s)", (issuer.token("kp_b"),))
+        th, box = in_thread(c2, "SELECT verify_jwt(%s)", (issuer.token("kp_b"),))
         _wait_until_waiting(su, pid2)
         assert one(su, "SELECT pg_terminate_backend(%s)", (pid2,)) is True
         th.join(issuer.hang_seconds)
@@ -587,7 +569,7 @@ def test_threads_of_a_fetch_never_take_postgres_signals(make_issuer, keys_db):
                       jwks_timeout_ms=3000)
     with connect() as c:
         pid = one(c, "SELECT pg_backend_pid()")
-        th, box = _in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        th, box = in_thread(c, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
         extra, main = {}, []
         while th.is_alive():
             for tid in map(int, os.listdir(f"/proc/{pid}/task")):
@@ -905,7 +887,7 @@ def test_a_fast_shutdown_ends_a_hanging_fetch_at_once(issuer):
             su.execute("ALTER DATABASE postgres SET kinde_rls.jwks_timeout_ms = 10000")
         conn = c.connect()
         pid = one(conn, "SELECT pg_backend_pid()")
-        th, box = _in_thread(conn, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
+        th, box = in_thread(conn, "SELECT verify_jwt(%s)", (issuer.token("kp_a"),))
         with c.connect() as su:
             _wait_until_waiting(su, pid)
         t0 = time.monotonic()

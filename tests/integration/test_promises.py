@@ -12,14 +12,13 @@ import base64
 import itertools
 import json
 import os
-import threading
 import time
 
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import padding
-from helpers import config_error, one, refused, set_local
+from helpers import config_error, in_thread, one, refused, set_local
 from issuer import MockIssuer
 from kinde import KINDE_ISS, Signer, jwks, kinde_access_claims
 from psycopg import sql
@@ -131,22 +130,6 @@ def json_with_unused_bits(obj: dict) -> bytes:
 
 def key_statuses(c):
     return c.execute("SELECT keys, ignored_keys FROM jwks_status()").fetchone()
-
-
-def in_thread(conn, query, params=()):
-    box = {}
-
-    def run():
-        t0 = time.monotonic()
-        try:
-            box["result"] = conn.execute(query, params).fetchall()
-        except Exception as e:  # noqa: BLE001
-            box["error"] = e
-        box["t"] = time.monotonic() - t0
-
-    th = threading.Thread(target=run)
-    th.start()
-    return th, box
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
