@@ -68,13 +68,11 @@ bench: install
 # cargo-fuzz targets on the pure core, FUZZ_SECONDS each (default 300); prints a results table.
 FUZZ_SECONDS ?= 300
 fuzz: setup
-	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # No fuzzing time: the fuzz targets and the bench compile, every verify_token seed is accepted,
 # and every committed fuzz corpus passes its target's properties once (-runs=0).
 fuzz-check: setup
-	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 	bash scripts/fuzz.sh --check
 	cargo check --locked --all-targets --manifest-path bench/core/Cargo.toml
 

@@ -30,6 +30,10 @@ if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.0'; then
   echo "setup: installing cargo-pgrx 0.18.0 (several minutes)"
   cargo install cargo-pgrx --version 0.18.0 --locked
 fi
+if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.2'; then
+  echo "setup: installing cargo-fuzz 0.13.2 (make fuzz-check, make fuzz)"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+fi
 if [ ! -x "$PGCONFIG" ]; then
   bash "$HERE/pg-from-source" "$PG"
 fi
