@@ -923,6 +923,28 @@ fn local_gen(src: &RemoteSource) -> Option<u64> {
     })
 }
 
+/// A slot that holds no keys — claimed by a backend whose fetch has not finished, was
+/// abandoned, or failed — says nothing about the keys this backend fetched on its own before
+/// the source had a slot: they count, as when there is no slot at all. Otherwise a claimed but
+/// empty slot would make every unknown `kid` a fetch ("no keys: fetch"), whatever the rate
+/// limit. Returns the times to decide with, and when the keys they describe were fetched.
+fn with_own_keys(src: &RemoteSource, t: Times, fetched_at: f64) -> (Times, f64) {
+    if t.has_keys {
+        return (t, fetched_at);
+    }
+    LOCAL.with(|l| {
+        l.borrow()
+            .get(src)
+            .filter(|e| !e.body.is_empty())
+            .map_or((t, fetched_at), |e| {
+                let mut own = t;
+                own.has_keys = true;
+                own.expires_at = e.expires_at;
+                (own, e.fetched_at)
+            })
+    })
+}
+
 /// What a look at the shared cache found for one source.
 struct Seen {
     times: Times,
@@ -1003,7 +1025,8 @@ fn claim(src: &RemoteSource, need: Need, now: f64, lim: &Limits) -> Claim {
         }
     };
     let slot = &mut l.slots_mut()[idx];
-    if decide(&slot.times(), need, now, lim) != Action::Fetch {
+    let (times, _) = with_own_keys(src, slot.times(), 0.0);
+    if decide(&times, need, now, lim) != Action::Fetch {
         return Claim::Taken;
     }
     slot.fetching_since = now;
@@ -1149,20 +1172,23 @@ fn obtain_shared(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Option<
                 }
             }
         };
-        match decide(&seen.times, need_now, now, lim) {
+        let (times, fetched_at) = with_own_keys(src, seen.times, seen.fetched_at);
+        match decide(&times, need_now, now, lim) {
             Action::Use if need == Need::UnknownKid && !waited => return Ok(None),
             Action::Use => {
-                let until = seen.times.until(now, lim);
-                return Ok(Some(Got {
-                    keys: adopt_seen(src, seen)?,
-                    until,
-                }));
+                let until = times.until(now, lim);
+                let keys = if seen.times.has_keys {
+                    adopt_seen(src, seen)?
+                } else {
+                    local_keys(src)
+                };
+                return Ok(Some(Got { keys, until }));
             }
             Action::Refuse => {
                 let err = Some(seen.err)
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "no keys yet".into());
-                return Err(unusable(&err, &seen.times, seen.fetched_at, now, lim));
+                return Err(unusable(&err, &times, fetched_at, now, lim));
             }
             Action::Wait => {
                 if now >= deadline {

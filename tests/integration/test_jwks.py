@@ -777,6 +777,41 @@ def test_more_sources_than_slots_do_not_thrash(small_cache_cluster):
             su.execute("ALTER DATABASE postgres RESET kinde_rls.providers")
 
 
+def test_a_slot_claimed_by_a_cancelled_refetch_keeps_the_rate_limit():
+    """A source cached per session (its one slot held by fresh keys of another) takes the slot
+    once it frees, with a refetch that is cancelled: the slot is left empty, and the session's
+    own keys still count, so the next made-up kids are not refetched within jwks_min_refresh."""
+    c = Cluster("oneslot", preload=True, conf={"kinde_rls.jwks_cache_slots": "1"})
+    filler, issuer = MockIssuer(), MockIssuer()
+    try:
+        filler_db = _keys_db(c, {"domain": filler.base, "jwks_cache_ttl": 2})
+        target_db = _keys_db(c, {"domain": issuer.base, "jwks_min_refresh": 2})
+        with c.connect(dbname=filler_db) as f:
+            one(f, "SELECT verify_jwt(%s)", (filler.token("kp_f"),))  # the only slot, fresh for 2 s
+        stranger = Signer("rsa")
+        with c.connect(dbname=target_db) as s:
+            one(s, "SELECT verify_jwt(%s)", (issuer.token("kp_warm"),))
+            assert "no slot in the shared key cache" in one(s, "SELECT warning FROM jwks_status()")
+            time.sleep(2.1)  # the filler's keys expire: its slot can be taken
+            issuer.delay = 0.3
+            issuer.reset_counts()
+            s.execute("SET statement_timeout = '60ms'")
+            t0 = time.monotonic()
+            for _ in range(20):
+                stranger.kid = uuid.uuid4().hex
+                try:
+                    s.execute("SELECT verify_jwt(%s)", (issuer.sign(issuer.claims("kp_x"), signer=stranger),))
+                except psycopg.Error as e:
+                    assert e.sqlstate in ("57014", "28000"), e
+            elapsed = time.monotonic() - t0
+            time.sleep(1.0)  # every request started in the loop has reached the issuer
+        assert issuer.count("jwks") <= 1 + int(elapsed / 2), (issuer.count("jwks"), elapsed)
+    finally:
+        filler.stop()
+        issuer.stop()
+        c.stop()
+
+
 def test_a_second_session_refetches_nothing_cached():
     """A cluster with the default cache (16 slots) and 12 sources: a new session fetches
     nothing."""
