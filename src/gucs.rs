@@ -22,6 +22,13 @@ pub static PRELOADED: AtomicBool = AtomicBool::new(false);
 pub static CONFIG_GEN: AtomicU64 = AtomicU64::new(1);
 /// Bumped whenever `kinde_rls.token` changes.
 pub static TOKEN_GEN: AtomicU64 = AtomicU64::new(1);
+/// Bumped whenever `request.headers`, `request.jwt` or `request.jwt.claims` changes, once
+/// kinde_rls watches them (see [`watch_request_settings`]).
+pub static REQUEST_GEN: AtomicU64 = AtomicU64::new(1);
+/// Set when this backend defined the three request settings itself, so that [`REQUEST_GEN`]
+/// moves with every change of them; unset when another library had defined one of them first
+/// (then each lookup compares their text).
+pub static WATCHING_REQUEST: AtomicBool = AtomicBool::new(false);
 /// Transactions this backend has ended (commit, abort, prepare), counted by an xact callback.
 pub static XACT_COUNT: AtomicU64 = AtomicU64::new(0);
 /// [`XACT_COUNT`] when `kinde_rls.token` was last assigned. A token still in use after a later
@@ -36,6 +43,12 @@ pub static SECRET_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 pub static TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static LEEWAY: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static TRUST_REQUEST_CLAIMS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static ANONYMOUS_ROLES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"anon, service_role"));
+pub static REQUEST_HEADERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static REQUEST_JWT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static REQUEST_JWT_CLAIMS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 pub static REQUIRE_SUB: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -68,6 +81,11 @@ unsafe extern "C-unwind" fn config_changed_bool(_new: bool, _extra: *mut c_void)
 unsafe extern "C-unwind" fn token_changed(_new: *const c_char, _extra: *mut c_void) {
     TOKEN_GEN.fetch_add(1, Ordering::Relaxed);
     TOKEN_SET_AT.store(XACT_COUNT.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn request_changed(_new: *const c_char, _extra: *mut c_void) {
+    REQUEST_GEN.fetch_add(1, Ordering::Relaxed);
 }
 
 #[pg_guard]
@@ -424,12 +442,90 @@ pub fn init() {
             Some(config_changed_bool),
             None,
         );
+        pg_sys::DefineCustomStringVariable(
+            c"kinde_rls.anonymous_roles".as_ptr(),
+            c"Values of a token's role claim that mark an anonymous credential (a Supabase anon or service key), comma-separated.".as_ptr(),
+            c"A token with no sub whose role is listed reads as no token at all: get_user_id() is NULL, with no error.".as_ptr(),
+            ANONYMOUS_ROLES.as_ptr(),
+            c"anon, service_role".as_ptr(),
+            PGC_SUSET,
+            0,
+            None,
+            Some(config_changed_str),
+            None,
+        );
+        watch_request_settings();
         pg_sys::RegisterXactCallback(Some(xact_ended), std::ptr::null_mut());
         #[cfg(not(any(feature = "pg13", feature = "pg14")))]
         pg_sys::MarkGUCPrefixReserved(c"kinde_rls".as_ptr());
         #[cfg(any(feature = "pg13", feature = "pg14"))]
         pg_sys::EmitWarningsOnPlaceholders(c"kinde_rls".as_ptr());
     }
+}
+
+/// The settings other services put a request's user in (see the README's "Running on a
+/// Supabase-style stack"). They are ordinary user settings that nobody defines, so PostgreSQL
+/// keeps them as placeholders, and reading one means a search by name: twice per row on the
+/// PostgREST path. kinde_rls defines them itself (same name, same `USERSET` context, hidden from
+/// `SHOW ALL` like a placeholder) with an assign hook that bumps [`REQUEST_GEN`], so that a
+/// lookup can tell "unchanged" from one counter. A value set before the library was loaded is
+/// carried over by PostgreSQL. One difference is visible: unset, `current_setting(name, true)`
+/// is `''` instead of NULL (as it already is after any transaction that set it).
+///
+/// Should another library have defined one of them first, PostgreSQL refuses the second
+/// definition; kinde_rls then leaves all three alone and compares their text on each lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Headers,
+    Jwt,
+    Claims,
+}
+
+impl Request {
+    pub const ALL: [Request; 3] = [Request::Headers, Request::Jwt, Request::Claims];
+
+    pub fn name(self) -> &'static CStr {
+        match self {
+            Request::Headers => c"request.headers",
+            Request::Jwt => c"request.jwt",
+            Request::Claims => c"request.jwt.claims",
+        }
+    }
+
+    fn setting(self) -> &'static GucSetting<Option<CString>> {
+        match self {
+            Request::Headers => &REQUEST_HEADERS,
+            Request::Jwt => &REQUEST_JWT,
+            Request::Claims => &REQUEST_JWT_CLAIMS,
+        }
+    }
+}
+
+/// Define the request settings (see [`Request`]); on any refusal, watch none of them.
+unsafe fn watch_request_settings() {
+    let mut all = true;
+    for r in Request::ALL {
+        let defined = pgrx::PgTryBuilder::new(|| {
+            pg_sys::DefineCustomStringVariable(
+                r.name().as_ptr(),
+                c"Set per request by PostgREST, Storage or Realtime; read by kinde_rls.".as_ptr(),
+                c"Defined by kinde_rls so that a change is noticed without a lookup per row."
+                    .as_ptr(),
+                r.setting().as_ptr(),
+                std::ptr::null(),
+                pg_sys::GucContext::PGC_USERSET,
+                GucFlags::NO_SHOW_ALL.bits(),
+                None,
+                Some(request_changed),
+                None,
+            );
+            true
+        })
+        .catch_others(|_| false)
+        .execute();
+        all &= defined;
+    }
+    WATCHING_REQUEST.store(all, Ordering::Relaxed);
 }
 
 /// A setting's bytes as text: `Ok(None)` when unset or empty; `Err(())` when they are not
@@ -479,11 +575,16 @@ pub fn token() -> Result<Option<&'static str>, Refusal> {
     request_text(unsafe { *TOKEN.as_ptr() }, "kinde_rls.token")
 }
 
-/// Any setting by name (e.g. PostgREST's `request.headers`), `Ok(None)` if it does not exist.
-pub fn request_setting(name: &CStr) -> Result<Option<&'static str>, Refusal> {
-    // SAFETY: GetConfigOption returns NULL for an unknown name when missing_ok.
-    let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    request_text(p, name.to_str().unwrap_or("request setting"))
+/// A request setting's value, `Ok(None)` when it is unset or does not exist.
+pub fn request_setting(r: Request) -> Result<Option<&'static str>, Refusal> {
+    let p = if WATCHING_REQUEST.load(Ordering::Relaxed) {
+        // SAFETY: the pointer is read, not kept.
+        unsafe { *r.setting().as_ptr() }
+    } else {
+        // SAFETY: GetConfigOption returns NULL for an unknown name when missing_ok.
+        unsafe { pg_sys::GetConfigOption(r.name().as_ptr(), true, false) }
+    };
+    request_text(p, r.name().to_str().unwrap_or("request setting"))
 }
 
 /// Was this request setting set in the session (`SET`, `set_config()`), rather than inherited

@@ -4,9 +4,14 @@
 //!
 //! Where the token comes from, in order:
 //! 1. `kinde_rls.token` (apps on direct or pooled connections, `SET LOCAL`);
-//! 2. `request.headers` → `authorization: Bearer …` (PostgREST);
-//! 3. `request.jwt.claims` when it holds a compact JWT;
-//! 4. `request.jwt.claims` as a JSON object, only when `kinde_rls.trust_request_claims` is on.
+//! 2. `request.headers` → `authorization: Bearer …` (PostgREST, Storage over HTTP);
+//! 3. `request.jwt`, a compact JWT (Storage, including S3 requests with a session token);
+//! 4. `request.jwt.claims` when it holds a compact JWT;
+//! 5. `request.jwt.claims` as a JSON object, only when `kinde_rls.trust_request_claims` is on,
+//!    and only if it passes every claim rule (Realtime).
+//!
+//! A token with no `sub` whose `role` is in `kinde_rls.anonymous_roles` (a Supabase anon or
+//! service key) is no identity, with no error, whether or not it verifies.
 //!
 //! Caches are per backend (`thread_local!`: a backend is one thread, so no lock is needed) and
 //! keyed so that they cannot serve a stale answer: any change of a verification setting clears
@@ -22,7 +27,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use crate::errors::guarded;
-use crate::gucs::{self, CONFIG_GEN, TOKEN_GEN};
+use crate::gucs::{self, Request, CONFIG_GEN, TOKEN_GEN};
 use crate::jwks;
 
 /// A verified (or, by a superuser's choice, trusted) set of claims. `sub` is extracted at
@@ -88,16 +93,25 @@ impl Identity {
 /// What the last lookup was keyed on.
 #[derive(PartialEq)]
 enum Key {
+    /// `kinde_rls.token`, by its generation.
     Token(u64),
-    Request {
-        headers: Option<String>,
-        claims: Option<String>,
+    /// The request settings, by their generation (when kinde_rls watches them), with
+    /// `kinde_rls.token` unset at generation `token`.
+    Watched { token: u64, request: u64 },
+    /// The request settings by their text (when another library defined one of them).
+    Texts {
+        token: u64,
+        texts: [Option<String>; 3],
     },
 }
 
 struct Last {
     key: Key,
     identity: Option<Rc<Identity>>,
+    /// First second (statement clock) at which the answer must be worked out again: the
+    /// identity's `exp + leeway`, or the next statement for trusted claims that were refused
+    /// (a `nbf` may have been reached).
+    until: i64,
 }
 
 #[derive(Default)]
@@ -276,6 +290,7 @@ pub fn settings_config() -> Result<Config, ConfigError> {
         secret_source,
         leeway: i64::from(gucs::LEEWAY.get()),
         require_sub: gucs::REQUIRE_SUB.get(),
+        anonymous_roles: gucs::str_setting(&gucs::ANONYMOUS_ROLES, "kinde_rls.anonymous_roles")?,
     })
 }
 
@@ -386,6 +401,22 @@ impl State {
         self.cache.insert(token, id.clone(), cap);
         Ok(id)
     }
+
+    /// The identity a request token stands for: `None` for an anonymous credential (a token with
+    /// no `sub` whose `role` is in `kinde_rls.anonymous_roles`, signature unchecked), else the
+    /// verified identity; a token that does not verify is an error.
+    fn identify(&mut self, token: &str, now: i64) -> Result<Option<Rc<Identity>>, Error> {
+        if let Some(id) = self.cache.get(token) {
+            if now < id.valid_until {
+                return Ok(Some(id.clone()));
+            }
+        }
+        let config = self.config()?;
+        if token::is_anonymous(token, &config.anonymous_roles) {
+            return Ok(None);
+        }
+        self.verify(token, now).map(Some)
+    }
 }
 
 /// Verify a token against the configured keys and rules, through the cache.
@@ -430,8 +461,8 @@ pub fn current() -> Result<Option<Rc<Identity>>, Error> {
     result
 }
 
-fn still_valid(id: &Option<Rc<Identity>>, now: i64) -> bool {
-    id.as_ref().is_none_or(|i| now < i.valid_until)
+fn until(id: &Option<Rc<Identity>>) -> i64 {
+    id.as_ref().map_or(i64::MAX, |i| i.valid_until)
 }
 
 /// A token used in a later transaction than the one that set it was set for the whole session
@@ -463,83 +494,140 @@ fn warn_if_session_token(s: &mut State, gen: u64) {
 }
 
 fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
-    // The per-row fast path: the token has not changed since the last lookup (every change,
-    // including the end of a SET LOCAL, bumps TOKEN_GEN), so neither read nor hash it.
-    let gen = TOKEN_GEN.load(Ordering::Relaxed);
-    let key = Key::Token(gen);
+    // The per-row fast path: nothing the answer depends on has changed since the last lookup
+    // (every change, including the end of a SET LOCAL, bumps a generation), so neither read nor
+    // hash a setting.
+    let token_gen = TOKEN_GEN.load(Ordering::Relaxed);
+    let watching = gucs::WATCHING_REQUEST.load(Ordering::Relaxed);
+    let request_gen = gucs::REQUEST_GEN.load(Ordering::Relaxed);
     if let Some(last) = &s.last {
-        if last.key == key && still_valid(&last.identity, now) {
-            let id = last.identity.clone();
-            warn_if_session_token(s, gen);
-            return Ok(id);
+        if now < last.until {
+            match last.key {
+                Key::Token(g) if g == token_gen => {
+                    let id = last.identity.clone();
+                    warn_if_session_token(s, token_gen);
+                    return Ok(id);
+                }
+                Key::Watched { token, request } if token == token_gen && request == request_gen => {
+                    return Ok(last.identity.clone());
+                }
+                _ => {}
+            }
         }
     }
     if let Some(token) = gucs::token()? {
-        warn_if_session_token(s, gen);
+        warn_if_session_token(s, token_gen);
         s.last = None;
-        let id = s.verify(token.trim(), now)?;
+        let identity = s.identify(token.trim(), now)?;
         s.last = Some(Last {
-            key,
-            identity: Some(id.clone()),
+            key: Key::Token(token_gen),
+            until: until(&identity),
+            identity: identity.clone(),
         });
-        return Ok(Some(id));
+        return Ok(identity);
     }
-    let headers = gucs::request_setting(c"request.headers")?;
-    let claims_text = gucs::request_setting(c"request.jwt.claims")?;
+    let texts = [
+        gucs::request_setting(Request::Headers)?,
+        gucs::request_setting(Request::Jwt)?,
+        gucs::request_setting(Request::Claims)?,
+    ];
+    let key = if watching {
+        Key::Watched {
+            token: token_gen,
+            request: request_gen,
+        }
+    } else {
+        Key::Texts {
+            token: token_gen,
+            texts: texts.map(|t| t.map(String::from)),
+        }
+    };
     if let Some(last) = &s.last {
-        if let Key::Request {
-            headers: h,
-            claims: c,
-        } = &last.key
-        {
-            if h.as_deref() == headers
-                && c.as_deref() == claims_text
-                && still_valid(&last.identity, now)
-            {
-                return Ok(last.identity.clone());
-            }
+        if last.key == key && now < last.until {
+            return Ok(last.identity.clone());
         }
     }
     s.last = None;
     // A value the session inherited instead of setting is not this request's (see
     // gucs::set_in_session): as good as absent.
-    let headers_set = headers.filter(|h| gucs::set_in_session(c"request.headers", h));
-    let claims_set = claims_text.filter(|c| gucs::set_in_session(c"request.jwt.claims", c));
-    let identity = if let Some(token) = headers_set.and_then(bearer_from_headers) {
-        Some(s.verify(&token, now)?)
-    } else if let Some(text) = claims_set {
+    let [headers, jwt, claims] = {
+        let mut i = Request::ALL.iter();
+        texts.map(|t| {
+            let r = *i.next().expect("three request settings");
+            t.filter(|v| gucs::set_in_session(r.name(), v))
+        })
+    };
+    let (identity, until) = if let Some(token) = headers.and_then(bearer_from_headers) {
+        let id = s.identify(&token, now)?;
+        (id.clone(), until(&id))
+    } else if let Some(token) = jwt {
+        let id = s.identify(token.trim(), now)?;
+        (id.clone(), until(&id))
+    } else if let Some(text) = claims {
         if token::looks_like_compact(text) {
-            Some(s.verify(text.trim(), now)?)
+            let id = s.identify(text.trim(), now)?;
+            (id.clone(), until(&id))
         } else if gucs::TRUST_REQUEST_CLAIMS.get() {
-            trusted_claims(text)?
+            trusted_claims(s, text, now)?
         } else {
-            None
+            (None, i64::MAX)
         }
     } else {
-        None
+        (None, i64::MAX)
     };
     s.last = Some(Last {
-        key: Key::Request {
-            headers: headers.map(String::from),
-            claims: claims_text.map(String::from),
-        },
+        key,
         identity: identity.clone(),
+        until,
     });
     Ok(identity)
 }
 
-/// `request.jwt.claims` taken as verified because a superuser said so. It must still be a JSON
-/// object; anything else is refused rather than read as anonymous.
-fn trusted_claims(text: &str) -> Result<Option<Rc<Identity>>, Error> {
+/// `request.jwt.claims` taken as verified because a superuser said so
+/// (`kinde_rls.trust_request_claims`), for a service that verified the token and passes on only
+/// its claims (Realtime). The claims must pass every claim rule a token passes; claims that do
+/// not (expired, another issuer or audience, no `sub`) are no identity — anonymous, not an
+/// error, because one query may evaluate many subscribers' claims in turn (Realtime's
+/// `apply_rls`) and one subscriber's stale claims must not stop the others' change feed. Why is
+/// reported at DEBUG1. Text that is not a JSON object is refused (28000): that is not a
+/// verified token's claims at all. Returns the identity and when to look again.
+fn trusted_claims(
+    s: &mut State,
+    text: &str,
+    now: i64,
+) -> Result<(Option<Rc<Identity>>, i64), Error> {
     let map =
         token::parse_object(text.as_bytes(), "request.jwt.claims").map_err(|mut r: Refusal| {
             r.detail = format!("{} (kinde_rls.trust_request_claims is on)", r.detail);
             r
         })?;
     if map.is_empty() {
-        return Ok(None);
+        return Ok((None, i64::MAX));
     }
-    Ok(Some(Rc::new(Identity::from_claims(map, text, i64::MAX))))
+    let config = s.config()?;
+    if claims::is_anonymous(&map, &config.anonymous_roles) {
+        return Ok((None, i64::MAX));
+    }
+    match config::check_trusted_claims(&map, &config, now) {
+        Ok(exp) => {
+            let id = Identity::from_claims(map, text, exp.saturating_add(config.leeway));
+            let until = id.valid_until;
+            Ok((Some(Rc::new(id)), until))
+        }
+        Err(r) => {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                format!(
+                    "kinde_rls: trusted request.jwt.claims read as anonymous: {} check failed",
+                    r.check
+                ),
+                "kinde_rls",
+            )
+            .set_detail(r.detail)
+            .report(pgrx::PgLogLevel::DEBUG1);
+            Ok((None, now.saturating_add(1)))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,14 @@ pub fn org_code(claims: &Map<String, Value>) -> Option<&str> {
     string(claims, "org_code")
 }
 
+/// An anonymous credential: claims with no `sub` member whose `role` is one of `roles` (a
+/// Supabase anon or service key: `{"iss": "supabase", "role": "anon", …}`). Such a credential
+/// names nobody, so it reads as no token at all.
+pub fn is_anonymous(claims: &Map<String, Value>, roles: &[String]) -> bool {
+    !claims.contains_key("sub")
+        && matches!(claims.get("role"), Some(Value::String(r)) if roles.iter().any(|a| a == r))
+}
+
 /// `iss || '|' || sub`: an identity that stays unique when several issuers are accepted.
 pub fn token_identifier(claims: &Map<String, Value>) -> Option<String> {
     Some(format!("{}|{}", string(claims, "iss")?, subject(claims)?))

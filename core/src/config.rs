@@ -90,6 +90,8 @@ pub struct Settings<'a> {
     pub providers: Option<&'a str>,
     pub leeway: i64,
     pub require_sub: bool,
+    /// `kinde_rls.anonymous_roles`: comma-separated `role` values of anonymous credentials.
+    pub anonymous_roles: Option<&'a str>,
 }
 
 /// Everything verification needs, built once per settings generation.
@@ -98,6 +100,8 @@ pub struct Config {
     pub providers: Vec<Provider>,
     pub leeway: i64,
     pub require_sub: bool,
+    /// `role` values that mark an anonymous credential ([`crate::claims::is_anonymous`]).
+    pub anonymous_roles: Vec<String>,
 }
 
 /// An HMAC key from a setting, through the one rule for secrets ([`crate::keys::check_hmac_secret`]).
@@ -154,6 +158,7 @@ impl Config {
             providers,
             leeway: s.leeway,
             require_sub: s.require_sub,
+            anonymous_roles: split_list(s.anonymous_roles),
         })
     }
 
@@ -533,6 +538,18 @@ pub fn verify_configured(
     })
 }
 
+/// Check claims that a party the superuser trusts has verified (`request.jwt.claims` with
+/// `kinde_rls.trust_request_claims` on): every claim rule a token of the same issuer must pass
+/// (`exp` with leeway, `nbf`, `iss`, `aud`, `sub`), without a signature. Returns `exp`.
+pub fn check_trusted_claims(
+    claims: &Map<String, Value>,
+    config: &Config,
+    now: i64,
+) -> Result<i64, Refusal> {
+    let provider = config.provider_for(claims)?;
+    verify::check_claims(claims, config.policy(provider), now)
+}
+
 /// `jwt_explain()` against the configuration: which provider and key matched, or why none did.
 pub fn explain_configured(
     token: &str,
@@ -648,6 +665,69 @@ mod tests {
             require_sub: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn trusted_claims_pass_every_claim_rule_of_their_provider() {
+        let c = Config::from_settings(&Settings {
+            domain: Some("https://acme.kinde.com"),
+            audience: Some("api"),
+            ..settings()
+        })
+        .unwrap();
+        let now = 1_700_000_000;
+        let claims = |extra: serde_json::Value| {
+            let mut m: Map<String, Value> = serde_json::from_value(serde_json::json!({
+                "iss": "https://acme.kinde.com", "aud": ["api"], "sub": "kp_1",
+                "exp": now + 60, "role": "authenticated"}))
+            .unwrap();
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    m.remove(k);
+                } else {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            m
+        };
+        assert_eq!(
+            check_trusted_claims(&claims(serde_json::json!({})), &c, now),
+            Ok(now + 60)
+        );
+        for (extra, check) in [
+            (serde_json::json!({"exp": now - 31}), Check::Exp),
+            (serde_json::json!({"exp": null}), Check::Exp),
+            (serde_json::json!({"nbf": now + 31}), Check::Nbf),
+            (
+                serde_json::json!({"iss": "https://evil.kinde.com"}),
+                Check::Iss,
+            ),
+            (serde_json::json!({"iss": null}), Check::Iss),
+            (serde_json::json!({"aud": "other"}), Check::Aud),
+            (serde_json::json!({"sub": null}), Check::Sub),
+            (serde_json::json!({"sub": ""}), Check::Sub),
+        ] {
+            let e = check_trusted_claims(&claims(extra.clone()), &c, now).unwrap_err();
+            assert_eq!(e.check, check, "{extra}");
+        }
+        // Within the leeway, still accepted.
+        assert!(
+            check_trusted_claims(&claims(serde_json::json!({"exp": now - 29})), &c, now).is_ok()
+        );
+    }
+
+    #[test]
+    fn anonymous_roles_are_a_list() {
+        let c = Config::from_settings(&Settings {
+            anonymous_roles: Some(" anon ,service_role,, "),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.anonymous_roles, vec!["anon", "service_role"]);
+        assert!(Config::from_settings(&settings())
+            .unwrap()
+            .anonymous_roles
+            .is_empty());
     }
 
     #[test]

@@ -505,6 +505,21 @@ pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
     })
 }
 
+/// Whether a compact token is an anonymous credential ([`crate::claims::is_anonymous`]), read
+/// without checking its signature: anonymous grants nothing that no token would not. A token
+/// whose payload cannot be decoded is not anonymous (it is then verified, and refused).
+pub fn is_anonymous(token: &str, roles: &[String]) -> bool {
+    if roles.is_empty() {
+        return false;
+    }
+    let Ok((_, payload, _)) = split(token) else {
+        return false;
+    };
+    b64_decode(payload, "payload")
+        .and_then(|bytes| parse_object(&bytes, "payload"))
+        .is_ok_and(|claims| crate::claims::is_anonymous(&claims, roles))
+}
+
 /// Split and decode a compact JWS. Checks format and the header rules that need no key.
 pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
     let (h, p, signature_b64) = split(token)?;
@@ -582,6 +597,39 @@ mod tests {
 
     fn tok(h: &str, p: &str) -> String {
         format!("{}.{}.c2ln", seg(h), seg(p))
+    }
+
+    #[test]
+    fn anonymous_credentials_have_no_sub_and_a_listed_role() {
+        let roles = vec!["anon".to_string(), "service_role".to_string()];
+        let h = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let anon = tok(
+            h,
+            r#"{"iss":"supabase","ref":"x","role":"anon","iat":1,"exp":2}"#,
+        );
+        assert!(is_anonymous(&anon, &roles));
+        assert!(is_anonymous(&tok(h, r#"{"role":"service_role"}"#), &roles));
+        // Not anonymous: a sub (even null or empty), another role, no role, a role that is not
+        // a string, an undecodable payload, duplicate members, no roles configured.
+        for p in [
+            r#"{"role":"anon","sub":"kp_1"}"#,
+            r#"{"role":"anon","sub":null}"#,
+            r#"{"role":"anon","sub":""}"#,
+            r#"{"role":"authenticated"}"#,
+            r#"{"role":"Anon"}"#,
+            r#"{}"#,
+            r#"{"role":["anon"]}"#,
+            r#"{"role":"anon","role":"anon"}"#,
+            r#"{"role":"anon","x":1e400}"#,
+            r#"["anon"]"#,
+        ] {
+            assert!(!is_anonymous(&tok(h, p), &roles), "{p}");
+        }
+        assert!(!is_anonymous(&anon, &[]));
+        assert!(!is_anonymous("not.a.token!", &roles));
+        assert!(!is_anonymous("abc", &roles));
+        let five = format!("{anon}.x.y");
+        assert!(!is_anonymous(&five, &roles));
     }
 
     #[test]

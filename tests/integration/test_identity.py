@@ -117,8 +117,9 @@ def test_trust_request_claims_is_a_superuser_choice(cluster, db_settings):
             c.execute("SET kinde_rls.trust_request_claims = on")
     db_settings("kinde_rls.trust_request_claims", "on")
     with cluster.connect(user="app_user", dbname="app") as c:
+        claims = json.dumps(kinde_access_claims("kp_trusted", email="t@example.com"))
         rows = in_tx(c, "SELECT set_config('request.jwt.claims', %s, true)",
-                     ('{"sub":"kp_trusted","email":"t@example.com"}',), "SELECT get_user_id(), get_email()")
+                     (claims,), "SELECT get_user_id(), get_email()")
         assert rows == [("kp_trusted", "t@example.com")]
         with pytest.raises(psycopg.Error) as ei:
             in_tx(c, "SELECT set_config('request.jwt.claims', %s, true)", ("[1,2]",), "SELECT get_user_id()")

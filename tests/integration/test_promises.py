@@ -528,7 +528,7 @@ def test_a_session_waiting_for_anothers_fetch_waits_at_most_its_timeout(cluster,
 
 SUPERUSER_SETTINGS = ["issuer", "audience", "domain", "jwks_url", "jwks", "providers", "secret", "secret_file",
                       "leeway", "require_sub", "trust_request_claims", "cache_size", "jwks_timeout_ms",
-                      "jwks_cache_ttl", "jwks_min_refresh", "jwks_max_stale"]
+                      "jwks_cache_ttl", "jwks_min_refresh", "jwks_max_stale", "anonymous_roles"]
 
 
 def test_a_database_owner_installs_the_extension_but_configures_nothing(cluster, signers):
@@ -608,7 +608,7 @@ def test_token_sources_in_order(make_db, signers):
     header = {"request.headers": json.dumps({"authorization": f"Bearer {tok['header']}"})}
     basic = {"request.headers": json.dumps({"authorization": "Basic dXNlcjpwYXNz", "accept": "*/*"})}
     jwt_claims = {"request.jwt.claims": tok["claims"]}
-    json_claims = {"request.jwt.claims": json.dumps({"sub": "kp_json", "role": "authenticated"})}
+    json_claims = {"request.jwt.claims": json.dumps(kinde_access_claims("kp_json", role="authenticated"))}
     untrusting = make_db(jwks=jwks(rsa), issuer=KINDE_ISS)
     trusting = make_db(jwks=jwks(rsa), issuer=KINDE_ISS)
     trusting.role_set("kinde_rls.trust_request_claims", "on")

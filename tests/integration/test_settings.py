@@ -11,7 +11,7 @@ from pg import Cluster
 
 TRUST_BEARING = ["issuer", "audience", "jwks", "secret", "secret_file", "leeway", "trust_request_claims", "require_sub",
                  "cache_size", "domain", "jwks_url", "providers", "jwks_timeout_ms", "jwks_cache_ttl", "jwks_min_refresh",
-                 "jwks_max_stale"]
+                 "jwks_max_stale", "anonymous_roles"]
 
 
 @pytest.mark.parametrize("name", TRUST_BEARING)
