@@ -12,7 +12,7 @@ use pgrx::guc::{GucFlags, GucSetting};
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Set when the library was loaded from `shared_preload_libraries`: then every backend has the
 /// real (superuser-only) `kinde_rls.secret` from its start, and never a readable placeholder.
@@ -49,6 +49,7 @@ pub static REQUEST_HEADERS: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static REQUEST_JWT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static REQUEST_JWT_CLAIMS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+pub static WATCH_REQUEST_SETTINGS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static REQUIRE_SUB: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DOMAIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -83,9 +84,66 @@ unsafe extern "C-unwind" fn token_changed(_new: *const c_char, _extra: *mut c_vo
     TOKEN_SET_AT.store(XACT_COUNT.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
+/// Where each request setting's current value came from ([`Request`] order): the
+/// `GucSource` its check hook saw, carried to the assign hook in `extra`, so that it is right
+/// after a `SET LOCAL` ends, a `RESET`, or in a parallel worker (which restores the leader's
+/// values with their sources).
+static REQUEST_SOURCE: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
+
+/// Memory for a GUC `extra`, which PostgreSQL frees itself: `malloc` before 16, `guc_malloc`
+/// (its own memory context) since.
+unsafe fn guc_extra(size: usize) -> *mut c_void {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    {
+        extern "C" {
+            fn malloc(size: usize) -> *mut c_void;
+        }
+        malloc(size)
+    }
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    {
+        pg_sys::guc_malloc(pg_sys::LOG as i32, size)
+    }
+}
+
+/// Remember the value's source in its `extra`. Accepts every value.
 #[pg_guard]
-unsafe extern "C-unwind" fn request_changed(_new: *const c_char, _extra: *mut c_void) {
+unsafe extern "C-unwind" fn request_check(
+    _newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    let p = guc_extra(std::mem::size_of::<u32>()) as *mut u32;
+    if p.is_null() {
+        // Out of memory: refuse the value rather than lose track of where it came from.
+        return false;
+    }
+    p.write(source);
+    *extra = p.cast();
+    true
+}
+
+unsafe fn request_assigned(r: Request, extra: *mut c_void) {
+    let source = if extra.is_null() {
+        pg_sys::GucSource::PGC_S_DEFAULT
+    } else {
+        *(extra as *const u32)
+    };
+    REQUEST_SOURCE[r as usize].store(source, Ordering::Relaxed);
     REQUEST_GEN.fetch_add(1, Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn headers_assigned(_new: *const c_char, extra: *mut c_void) {
+    request_assigned(Request::Headers, extra);
+}
+#[pg_guard]
+unsafe extern "C-unwind" fn jwt_assigned(_new: *const c_char, extra: *mut c_void) {
+    request_assigned(Request::Jwt, extra);
+}
+#[pg_guard]
+unsafe extern "C-unwind" fn claims_assigned(_new: *const c_char, extra: *mut c_void) {
+    request_assigned(Request::Claims, extra);
 }
 
 #[pg_guard]
@@ -465,20 +523,21 @@ pub fn init() {
 
 /// The settings other services put a request's user in (see the README's "Running on a
 /// Supabase-style stack"). They are ordinary user settings that nobody defines, so PostgreSQL
-/// keeps them as placeholders, and reading one means a search by name: twice per row on the
-/// PostgREST path. kinde_rls defines them itself (same name, same `USERSET` context, hidden from
-/// `SHOW ALL` like a placeholder) with an assign hook that bumps [`REQUEST_GEN`], so that a
-/// lookup can tell "unchanged" from one counter. A value set before the library was loaded is
-/// carried over by PostgreSQL. One difference is visible: unset, `current_setting(name, true)`
-/// is `''` instead of NULL (as it already is after any transaction that set it).
+/// keeps them as placeholders, and reading one means a search by name: three per row on the
+/// PostgREST path. Unless `kinde_rls.watch_request_settings` is off, kinde_rls defines them
+/// itself (same names, `USERSET`, hidden from `SHOW ALL` like a placeholder) with hooks that
+/// bump [`REQUEST_GEN`] and record each value's source, so that a lookup can tell "unchanged"
+/// from one counter. A value set before the library was loaded is carried over by PostgreSQL.
+/// Unset, the two JSON settings read `{}` (so `current_setting(…, true)::jsonb` still works
+/// where no service set them) and `request.jwt` reads `''`.
 ///
 /// Should another library have defined one of them first, PostgreSQL refuses the second
-/// definition; kinde_rls then leaves all three alone and compares their text on each lookup.
+/// definition; kinde_rls then compares the settings' text on each lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    Headers,
-    Jwt,
-    Claims,
+    Headers = 0,
+    Jwt = 1,
+    Claims = 2,
 }
 
 impl Request {
@@ -499,10 +558,42 @@ impl Request {
             Request::Claims => &REQUEST_JWT_CLAIMS,
         }
     }
+
+    /// What an unset value reads as.
+    fn boot(self) -> &'static CStr {
+        match self {
+            Request::Jwt => c"",
+            Request::Headers | Request::Claims => c"{}",
+        }
+    }
+
+    fn assign_hook(self) -> pg_sys::GucStringAssignHook {
+        match self {
+            Request::Headers => Some(headers_assigned),
+            Request::Jwt => Some(jwt_assigned),
+            Request::Claims => Some(claims_assigned),
+        }
+    }
 }
 
-/// Define the request settings (see [`Request`]); on any refusal, watch none of them.
+/// Define the request settings (see [`Request`]) unless `kinde_rls.watch_request_settings` is
+/// off; if any of them was defined already, watch none of them.
 unsafe fn watch_request_settings() {
+    pg_sys::DefineCustomBoolVariable(
+        c"kinde_rls.watch_request_settings".as_ptr(),
+        c"Define request.headers, request.jwt and request.jwt.claims, so that get_user_id() notices their changes without a lookup per row.".as_ptr(),
+        c"Read when the library loads (at server start when preloaded). Turn off only if another library defines one of these settings and is loaded after kinde_rls.".as_ptr(),
+        WATCH_REQUEST_SETTINGS.as_ptr(),
+        true,
+        pg_sys::GucContext::PGC_SIGHUP,
+        0,
+        None,
+        None,
+        None,
+    );
+    if !WATCH_REQUEST_SETTINGS.get() {
+        return;
+    }
     let mut all = true;
     for r in Request::ALL {
         let defined = pgrx::PgTryBuilder::new(|| {
@@ -512,11 +603,11 @@ unsafe fn watch_request_settings() {
                 c"Defined by kinde_rls so that a change is noticed without a lookup per row."
                     .as_ptr(),
                 r.setting().as_ptr(),
-                std::ptr::null(),
+                r.boot().as_ptr(),
                 pg_sys::GucContext::PGC_USERSET,
                 GucFlags::NO_SHOW_ALL.bits(),
-                None,
-                Some(request_changed),
+                Some(request_check),
+                r.assign_hook(),
                 None,
             );
             true
@@ -587,14 +678,32 @@ pub fn request_setting(r: Request) -> Result<Option<&'static str>, Refusal> {
     request_text(p, r.name().to_str().unwrap_or("request setting"))
 }
 
-/// Was this request setting set in the session (`SET`, `set_config()`), rather than inherited
-/// as the session's reset value — a role, database, server or connection default? Defaults
-/// survive `RESET ALL` and `DISCARD ALL`, and any role may set its own (`ALTER ROLE … SET
-/// request.headers = …`), which would make its identity every later connection's: they are
-/// not a request's. Called only when the value changed, not per row.
-pub fn set_in_session(name: &CStr, value: &str) -> bool {
+/// A request setting's value when it was set in the session ([`set_in_session`]), else
+/// `Ok(None)`; an inherited default is not read at all.
+pub fn request_value(r: Request) -> Result<Option<&'static str>, Refusal> {
+    if WATCHING_REQUEST.load(Ordering::Relaxed) {
+        if !set_in_session(r, "") {
+            return Ok(None);
+        }
+        return request_setting(r);
+    }
+    Ok(request_setting(r)?.filter(|v| set_in_session(r, v)))
+}
+
+/// Was this request setting set in the session (`SET`, `SET LOCAL`, `set_config()`, a
+/// function's `SET` clause), rather than inherited as the session's reset value — a role,
+/// database, server or connection default? Defaults survive `RESET ALL` and `DISCARD ALL`, and
+/// any role may set its own (`ALTER ROLE … SET request.headers = …`), which would make its
+/// identity every later connection's: they are not a request's. When kinde_rls watches the
+/// settings this is the value's recorded source, which parallel workers restore with the value;
+/// otherwise the text is compared with the reset value. Called only when a value changed.
+fn set_in_session(r: Request, value: &str) -> bool {
+    if WATCHING_REQUEST.load(Ordering::Relaxed) {
+        return REQUEST_SOURCE[r as usize].load(Ordering::Relaxed)
+            == pg_sys::GucSource::PGC_S_SESSION;
+    }
     // SAFETY: the setting exists (its value was just read); the reset value is copied out
     // before anything else can change it.
-    let reset = unsafe { text_of(pg_sys::GetConfigOptionResetString(name.as_ptr())) };
+    let reset = unsafe { text_of(pg_sys::GetConfigOptionResetString(r.name().as_ptr())) };
     !matches!(reset, Ok(Some(r)) if r == value)
 }

@@ -406,8 +406,10 @@ impl State {
     /// no `sub` whose `role` is in `kinde_rls.anonymous_roles`, signature unchecked), else the
     /// verified identity; a token that does not verify is an error.
     fn identify(&mut self, token: &str, now: i64) -> Result<Option<Rc<Identity>>, Error> {
+        // A cached identity with a `sub` cannot be anonymous (that needs no `sub` member); one
+        // without (`require_sub = off`, cached by `verify_jwt()`) is looked at again below.
         if let Some(id) = self.cache.get(token) {
-            if now < id.valid_until {
+            if now < id.valid_until && id.sub.is_some() {
                 return Ok(Some(id.clone()));
             }
         }
@@ -526,20 +528,16 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         });
         return Ok(identity);
     }
-    let texts = [
-        gucs::request_setting(Request::Headers)?,
-        gucs::request_setting(Request::Jwt)?,
-        gucs::request_setting(Request::Claims)?,
-    ];
     let key = if watching {
         Key::Watched {
             token: token_gen,
             request: request_gen,
         }
     } else {
+        // Unreadable bytes key as absent; they are refused below if their source is consulted.
         Key::Texts {
             token: token_gen,
-            texts: texts.map(|t| t.map(String::from)),
+            texts: Request::ALL.map(|r| gucs::request_setting(r).ok().flatten().map(String::from)),
         }
     };
     if let Some(last) = &s.last {
@@ -548,33 +546,28 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         }
     }
     s.last = None;
-    // A value the session inherited instead of setting is not this request's (see
-    // gucs::set_in_session): as good as absent.
-    let [headers, jwt, claims] = {
-        let mut i = Request::ALL.iter();
-        texts.map(|t| {
-            let r = *i.next().expect("three request settings");
-            t.filter(|v| gucs::set_in_session(r.name(), v))
-        })
-    };
-    let (identity, until) = if let Some(token) = headers.and_then(bearer_from_headers) {
-        let id = s.identify(&token, now)?;
-        (id.clone(), until(&id))
-    } else if let Some(token) = jwt {
-        let id = s.identify(token.trim(), now)?;
-        (id.clone(), until(&id))
-    } else if let Some(text) = claims {
-        if token::looks_like_compact(text) {
-            let id = s.identify(text.trim(), now)?;
+    // Each source is read only if the ones before it gave no token, and only when it was set in
+    // the session: a value the session inherited (a role or database default) is not this
+    // request's (see gucs::set_in_session).
+    let (identity, until) =
+        if let Some(token) = gucs::request_value(Request::Headers)?.and_then(bearer_from_headers) {
+            let id = s.identify(&token, now)?;
             (id.clone(), until(&id))
-        } else if gucs::TRUST_REQUEST_CLAIMS.get() {
-            trusted_claims(s, text, now)?
+        } else if let Some(token) = gucs::request_value(Request::Jwt)? {
+            let id = s.identify(token.trim(), now)?;
+            (id.clone(), until(&id))
+        } else if let Some(text) = gucs::request_value(Request::Claims)? {
+            if token::looks_like_compact(text) {
+                let id = s.identify(text.trim(), now)?;
+                (id.clone(), until(&id))
+            } else if gucs::TRUST_REQUEST_CLAIMS.get() {
+                trusted_claims(s, text, now)?
+            } else {
+                (None, i64::MAX)
+            }
         } else {
             (None, i64::MAX)
-        }
-    } else {
-        (None, i64::MAX)
-    };
+        };
     s.last = Some(Last {
         key,
         identity: identity.clone(),

@@ -41,6 +41,14 @@ CREATE POLICY own_inserts ON public.todos FOR INSERT TO authenticated WITH CHECK
 INSERT INTO public.todos (task, user_id) VALUES ('peter 1', 'kp_peter'), ('peter 2', 'kp_peter'),
                                                ('mary 1', 'kp_mary');
 
+-- Enough rows for a parallel plan.
+CREATE TABLE public.many AS
+  SELECT i, CASE WHEN i % 2 = 0 THEN 'kp_peter' ELSE 'kp_mary' END AS user_id FROM generate_series(1, 20000) i;
+GRANT SELECT ON public.many TO authenticated;
+ALTER TABLE public.many ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON public.many FOR SELECT USING (user_id = get_user_id());
+ANALYZE public.many;
+
 -- Realtime's subscriptions: the claims each subscriber's token carried, kept for the channel's life.
 CREATE TABLE public.subscription (subscriber text PRIMARY KEY, claims jsonb NOT NULL);
 
@@ -124,6 +132,33 @@ def stack(cluster, signers):
             su.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(scope="module")
+def texts_cluster(signers):
+    """A cluster with kinde_rls.watch_request_settings = off: the request settings stay
+    placeholders and kinde_rls compares their text (as when another library defined them)."""
+    c = Cluster("supabase_texts", preload=True, conf={"kinde_rls.watch_request_settings": "off"})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(params=["watched", "texts"])
+def rs256(request, signers):
+    """(cluster, dbname) of the RS256 setup, in both ways of noticing a change of the request
+    settings."""
+    if request.param == "watched":
+        return request.getfixturevalue("cluster"), request.getfixturevalue("stack")["rs256"]
+    c = request.getfixturevalue("texts_cluster")
+    if not hasattr(c, "supabase_db"):
+        c.supabase_db = _database(c, {"kinde_rls.jwks": jwks(signers["rsa"]), "kinde_rls.issuer": KINDE_ISS,
+                                      "kinde_rls.audience": AUDIENCE})
+        with c.connect(dbname=c.supabase_db) as su:
+            assert one(su, "SHOW kinde_rls.watch_request_settings") == "off"
+            assert one(su, "SELECT current_setting('request.jwt.claims', true)") is None
+    return c, c.supabase_db
+
+
 def user_token(signers, sub, **extra):
     """A Kinde access token with the `role` claim Supabase's third-party auth guide adds."""
     claims = kinde_access_claims(sub, **{"aud": [AUDIENCE], "role": "authenticated", **extra})
@@ -197,8 +232,9 @@ def tasks(rows):
 # -- PostgREST -----------------------------------------------------------------------------------
 
 
-def test_postgrest_user_request_sees_and_writes_only_their_rows(cluster, stack, signers):
-    with cluster.connect(user="authenticator", dbname=stack["rs256"]) as c:
+def test_postgrest_user_request_sees_and_writes_only_their_rows(rs256, signers):
+    cluster, db = rs256
+    with cluster.connect(user="authenticator", dbname=db) as c:
         peter, mary = user_token(signers, "kp_peter"), user_token(signers, "kp_mary")
         assert tasks(postgrest(c, peter, "SELECT task FROM todos")) == ["peter 1", "peter 2"]
         assert tasks(postgrest(c, mary, "SELECT task FROM todos")) == ["mary 1"]
@@ -210,7 +246,7 @@ def test_postgrest_user_request_sees_and_writes_only_their_rows(cluster, stack, 
         assert tasks(postgrest(c, mary, "SELECT task FROM todos")) == ["mary 1"]
         # pg_graphql runs inside the same request, so it sees the same settings.
         assert postgrest(c, mary, "SELECT get_user_id(), get_claim('role')") == [("kp_mary", "authenticated")]
-    with cluster.connect(dbname=stack["rs256"]) as su:
+    with cluster.connect(dbname=db) as su:
         su.execute("DELETE FROM todos WHERE task = 'peter 3'")
 
 
@@ -305,11 +341,12 @@ def test_storage_over_http(cluster, stack, signers):
         assert storage(c, anon, "SELECT get_user_id(), count(*) FROM todos", f"Bearer {anon}") == [(None, 0)]
 
 
-def test_storage_over_s3_with_a_session_token(cluster, stack, signers):
+def test_storage_over_s3_with_a_session_token(rs256, signers):
     """S3 SigV4 with a session token: authorization holds the SigV4 signature, the user's JWT
     is only in request.jwt. request.jwt.claim.sub is a plain setting anyone can set: not read."""
+    cluster, db = rs256
     mary = user_token(signers, "kp_mary")
-    with cluster.connect(user="supabase_storage_admin", dbname=stack["rs256"]) as c:
+    with cluster.connect(user="supabase_storage_admin", dbname=db) as c:
         rows = storage(c, mary, "SELECT get_user_id(), task FROM todos", SIGV4)
         assert rows == [("kp_mary", "mary 1")]
         forged = user_token(signers, "kp_mary", exp=int(time.time()) - 3600)
@@ -355,12 +392,12 @@ def _subscribe(cluster, db, subscribers: dict):
             su.execute("INSERT INTO subscription VALUES (%s, %s)", (name, json.dumps(claims)))
 
 
-def test_realtime_postgres_changes_each_subscriber_sees_only_their_rows(cluster, stack, signers):
+def test_realtime_postgres_changes_each_subscriber_sees_only_their_rows(rs256, signers):
     """apply_rls evaluates every subscriber in one query, as supabase_admin (trusted per login
     role). A change is delivered exactly to its owner; stale or foreign claims and the anon
     subscriber see nothing, and none of them stops the feed for the others."""
     now = int(time.time())
-    db = stack["rs256"]
+    cluster, db = rs256
     _subscribe(cluster, db, {
         "a_peter": realtime_claims(signers, "kp_peter"),
         "b_mary": realtime_claims(signers, "kp_mary"),
@@ -429,7 +466,7 @@ def test_trusted_claims_that_fail_a_rule_grant_nothing(cluster, stack, signers):
 # -- a change is seen at once, even inside one statement ------------------------------------------
 
 
-def test_a_change_inside_one_statement_is_seen(cluster, stack, signers):
+def test_a_change_inside_one_statement_is_seen(rs256, signers):
     """The PostgREST path reads no setting per row; a set_config between rows of one statement
     (each row switching user) must still be seen, for request.headers, request.jwt and trusted
     request.jwt.claims alike."""
@@ -437,10 +474,11 @@ def test_a_change_inside_one_statement_is_seen(cluster, stack, signers):
     hdr = {u: json.dumps({"authorization": f"Bearer {t}"}) for u, t in (("peter", peter), ("mary", mary))}
     claims = {u: json.dumps(unverified_claims(t)) for u, t in (("peter", peter), ("mary", mary))}
     seq = ["peter", "mary", "mary", "peter", "mary"]
+    cluster, db = rs256
     for user, setting, values in [("authenticator", "request.headers", hdr),
                                   ("authenticator", "request.jwt", {"peter": peter, "mary": mary}),
                                   ("supabase_admin", "request.jwt.claims", claims)]:
-        with cluster.connect(user=user, dbname=stack["rs256"]) as c:
+        with cluster.connect(user=user, dbname=db) as c:
             with c.transaction():
                 c.execute("SELECT set_config('role', 'authenticated', true)")
                 # The subquery refers to the row (t.i), so it runs once per row, after set_config.
@@ -457,8 +495,8 @@ def test_a_change_inside_one_statement_is_seen(cluster, stack, signers):
 
 def test_request_settings_set_before_the_library_loads_are_carried_over(signers):
     """Without preloading, kinde_rls defines request.headers when it loads: a value PostgREST
-    set earlier in the transaction is kept and read. Unset, current_setting(..., true) reads
-    '' (as after any transaction that set it), not NULL."""
+    set earlier in the transaction is kept and read. Unset, the JSON settings read '{}' and
+    request.jwt reads ''."""
     c = Cluster("supabase_nopreload", preload=False)
     try:
         with c.connect() as su:
@@ -474,7 +512,88 @@ def test_request_settings_set_before_the_library_loads_are_carried_over(signers)
                 assert one(u, "SELECT get_user_id()") == "kp_peter"
                 assert one(u, "SELECT current_setting('request.headers', true)::jsonb ? 'authorization'") is True
             assert one(u, "SELECT get_user_id()") is None
-            assert one(u, "SELECT current_setting('request.headers', true)") == ""
+            assert one(u, "SELECT current_setting('request.headers', true)") == "{}"
+            assert one(u, "SELECT current_setting('request.jwt', true)") == ""
             assert one(u, "SELECT count(*) FROM pg_settings WHERE name LIKE 'request.%'") == 0
     finally:
         c.stop()
+
+
+def test_unset_request_settings_still_cast_to_json(cluster, stack):
+    """Code written for placeholders casts current_setting(..., true) to json where no service
+    set it (a direct connection, a cron job): that keeps working."""
+    with cluster.connect(user="authenticator", dbname=stack["rs256"]) as c:
+        assert c.execute("""SELECT current_setting('request.jwt.claims', true)::jsonb ->> 'sub',
+                                   current_setting('request.headers', true)::json ->> 'x-forwarded-for',
+                                   current_setting('request.jwt', true), get_user_id()""").fetchone() == (
+            None, None, "", None)
+
+
+@pytest.fixture
+def parallel_role(request):
+    """A login role whose defaults a test may change, dropped afterwards."""
+    cluster, db = request.getfixturevalue("rs256")
+    with cluster.connect() as su:
+        su.execute("DROP ROLE IF EXISTS supa_parallel")
+        su.execute("CREATE ROLE supa_parallel LOGIN")
+        su.execute("GRANT authenticated TO supa_parallel")
+    yield cluster, db
+    with cluster.connect() as su:
+        su.execute("DROP ROLE supa_parallel")
+
+
+PARALLEL = ["SET max_parallel_workers_per_gather = 2", "SET parallel_setup_cost = 0", "SET parallel_tuple_cost = 0",
+            "SET min_parallel_table_scan_size = 0", "SET parallel_leader_participation = off"]
+
+
+def test_parallel_workers_read_the_request_settings_as_the_leader_does(rs256, parallel_role, signers):
+    """Workers restore the leader's settings: a role default is nobody's request in the leader
+    and in every worker; a value set in the session is the request's in both, even when its
+    text equals the role default (watched settings; see the README for the text mode)."""
+    cluster, db = rs256
+    peter = user_token(signers, "kp_peter")
+    with cluster.connect(dbname=db) as su:
+        su.execute(sql.SQL("ALTER ROLE supa_parallel IN DATABASE {} SET request.jwt = {}").format(
+            sql.Identifier(db), sql.Literal(peter)))
+    with cluster.connect(user="supa_parallel", dbname=db) as c:
+        c.execute("SET ROLE authenticated")
+        counts = {}
+        for label, setup in [("default", []), ("session", ["SELECT set_config('request.jwt', %s, false)"])]:
+            for stmt in setup:
+                c.execute(stmt, (peter,))
+            c.execute("SET max_parallel_workers_per_gather = 0")
+            serial = c.execute("SELECT get_user_id(), (SELECT count(*) FROM many)").fetchone()
+            for stmt in PARALLEL:
+                c.execute(stmt)
+            plan = "\n".join(r[0] for r in c.execute("EXPLAIN SELECT count(*) FROM many"))
+            assert "Gather" in plan, plan
+            parallel = one(c, "SELECT count(*) FROM many")
+            counts[label] = (serial, parallel)
+            c.execute("RESET max_parallel_workers_per_gather")
+        assert counts["default"] == ((None, 0), 0)
+    watched = one_setting(cluster, db, "kinde_rls.watch_request_settings") == "on"
+    if watched:
+        assert counts["session"] == (("kp_peter", 10000), 10000)
+    else:
+        # Text mode cannot tell a session value equal to the role default from the default:
+        # the leader reads it as the default, a worker (which restores only the value) as set.
+        assert counts["session"] == ((None, 0), 10000)
+
+
+def one_setting(cluster, db, name):
+    with cluster.connect(dbname=db) as su:
+        return one(su, f"SHOW {name}")
+
+
+def test_an_anonymous_credential_stays_anonymous_after_verify_jwt(cluster, stack, signers):
+    """With kinde_rls.require_sub off, verify_jwt() of a key-signed token with no sub and role
+    service_role returns its claims, and puts it in the token cache; as a request's token it
+    is still anonymous, in the same backend."""
+    claims = kinde_access_claims("x", aud=[AUDIENCE], role="service_role", permissions=["admin"])
+    del claims["sub"]
+    token = signers["rsa"].sign(claims, "RS256")
+    with cluster.connect(user="supabase_admin", dbname=stack["rs256"]) as c:
+        c.execute("SET kinde_rls.require_sub = off")
+        assert one(c, "SELECT verify_jwt(%s) ->> 'role'", (token,)) == "service_role"
+        c.execute("SELECT set_config('request.jwt', %s, false)", (token,))
+        assert c.execute("SELECT get_user_id(), get_claims(), has_permission('admin')").fetchone() == (None, None, False)
