@@ -592,9 +592,8 @@ def test_a_role_cannot_make_its_token_every_connections_default(cluster, signers
 
 @pytest.mark.parametrize("name", ["request.headers", "request.jwt.claims"])
 def test_request_settings_inherited_from_a_default_are_not_a_request(cluster, signers, name):
-    """The same for PostgREST's request settings, which kinde_rls does not own (PostgreSQL lets
-    only superusers, or roles granted SET on them, store such defaults): a role or database
-    default is not a request's, so it is ignored — also after DISCARD ALL."""
+    """The same for the request settings: a role or database default is not a request's, so it
+    is ignored — also after DISCARD ALL; what counts is a value set in the session."""
     import json
 
     from kinde import kinde_access_claims
@@ -609,9 +608,13 @@ def test_request_settings_inherited_from_a_default_are_not_a_request(cluster, si
             assert one(c, "SELECT get_user_id()") is None
             c.execute("DISCARD ALL")
             assert one(c, "SELECT get_user_id()") is None
-            # Set in the session, the same value counts.
+            # Set in the session, it is the session's own: the same text as the default counts
+            # (whoever can set it holds the token), as it does in parallel workers, which
+            # restore the value with its source.
             c.execute("SELECT set_config(%s, %s, false)", (name, value))
-            assert one(c, "SELECT get_user_id()") is None  # equal to the default: still not the request's
+            assert one(c, "SELECT get_user_id()") == "kp_mallory"
+            c.execute("RESET " + name)
+            assert one(c, "SELECT get_user_id()") is None
             other = signers["rsa"].sign(kinde_access_claims("kp_request"), "RS256")
             c.execute("SELECT set_config(%s, %s, false)",
                       (name, json.dumps({"authorization": f"Bearer {other}"}) if name == "request.headers" else other))
