@@ -106,13 +106,43 @@ unsafe fn guc_extra(size: usize) -> *mut c_void {
     }
 }
 
-/// Remember the value's source in its `extra`. Accepts every value.
+/// Remember the value's source in its `extra`. As for `kinde_rls.token` (see [`check_token`]),
+/// a value that may carry a token is refused from a role, database, function, server or
+/// connection default: it would not be a request's identity (such values are ignored), and
+/// `pg_db_role_setting`, `pg_proc.proconfig` and `SHOW` would show the token to every role.
+/// Empty and `{}` (the unset values) are accepted from anywhere.
 #[pg_guard]
 unsafe extern "C-unwind" fn request_check(
-    _newval: *mut *mut c_char,
+    newval: *mut *mut c_char,
     extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
 ) -> bool {
+    use pg_sys::GucSource::*;
+    let unset = !newval.is_null()
+        && !(*newval).is_null()
+        && CStr::from_ptr(*newval).to_bytes().trim_ascii() == b"{}";
+    if !unset
+        && !allow_source(
+            newval,
+            source,
+            |s| {
+                matches!(
+                    s,
+                    PGC_S_DEFAULT
+                        | PGC_S_DYNAMIC_DEFAULT
+                        | PGC_S_SESSION
+                        | PGC_S_INTERACTIVE
+                        | PGC_S_OVERRIDE
+                )
+            },
+            (
+                c"request settings can only be set in a session: as a role, database, function, server or connection default a token there would be readable by every role and would not be a request's",
+                c"Set them per transaction, as PostgREST, Storage and Realtime do: set_config('request.jwt', $1, true).",
+            ),
+        )
+    {
+        return false;
+    }
     let p = guc_extra(std::mem::size_of::<u32>()) as *mut u32;
     if p.is_null() {
         // Out of memory: refuse the value rather than lose track of where it came from.

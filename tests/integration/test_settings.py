@@ -590,10 +590,13 @@ def test_a_role_cannot_make_its_token_every_connections_default(cluster, signers
     assert "can only be set in a session" in str(ei.value)
 
 
-@pytest.mark.parametrize("name", ["request.headers", "request.jwt.claims"])
-def test_request_settings_inherited_from_a_default_are_not_a_request(cluster, signers, name):
-    """The same for the request settings: a role or database default is not a request's, so it
-    is ignored — also after DISCARD ALL; what counts is a value set in the session."""
+@pytest.mark.parametrize("name", ["request.headers", "request.jwt", "request.jwt.claims"])
+def test_request_settings_cannot_be_stored_as_defaults(cluster, signers, name):
+    """The same for the request settings, which kinde_rls defines: a token stored as a role,
+    database or function default would be readable by every role (pg_db_role_setting,
+    pg_proc.proconfig) and is not a request's, so storing one is refused (22023) — by a
+    superuser and by a role for itself; so is a connection option. Their unset value `{}`
+    may be stored."""
     import json
 
     from kinde import kinde_access_claims
@@ -601,24 +604,59 @@ def test_request_settings_inherited_from_a_default_are_not_a_request(cluster, si
     mallory = signers["rsa"].sign(kinde_access_claims("kp_mallory"), "RS256")
     value = json.dumps({"authorization": f"Bearer {mallory}"}) if name == "request.headers" else mallory
     with cluster.connect(dbname="app") as su:
-        su.execute(f"ALTER ROLE app_user SET {name} = '{value}'")
+        for stmt in [f"ALTER ROLE app_user SET {name} = '{value}'", f"ALTER DATABASE app SET {name} = '{value}'",
+                     f"ALTER ROLE ALL SET {name} = '{value}'",
+                     f"CREATE FUNCTION as_mallory() RETURNS int LANGUAGE sql SET {name} = '{value}' AS 'SELECT 1'"]:
+            with pytest.raises(psycopg.Error) as ei:
+                su.execute(stmt)
+            assert ei.value.sqlstate == "22023", stmt
+            assert "can only be set in a session" in ei.value.diag.message_primary
+            assert mallory not in str(ei.value) and mallory not in (ei.value.diag.message_detail or "")
+        if name != "request.jwt":
+            su.execute(f"ALTER ROLE app_user SET {name} = '{{}}'")
+            su.execute(f"ALTER ROLE app_user RESET {name}")
+    with cluster.connect(user="app_user", dbname="app") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"ALTER ROLE app_user SET {name} = '{value}'")
+        assert ei.value.sqlstate == "22023"
+        # In the session it is the request's.
+        other = signers["rsa"].sign(kinde_access_claims("kp_request"), "RS256")
+        c.execute("SELECT set_config(%s, %s, false)",
+                  (name, json.dumps({"authorization": f"Bearer {other}"}) if name == "request.headers" else other))
+        assert one(c, "SELECT get_user_id()") == "kp_request"
+        c.execute("DISCARD ALL")
+        assert one(c, "SELECT get_user_id()") is None
+    with pytest.raises(psycopg.Error) as ei:
+        psycopg.connect(cluster.conninfo("app_user", "app"), options=f"-c {name}={value}")
+    assert "can only be set in a session" in str(ei.value)
+
+
+@pytest.mark.parametrize("name", ["request.headers", "request.jwt.claims"])
+def test_a_request_default_stored_before_the_library_loaded_is_not_a_request(bare_cluster, signers, name):
+    """A default stored while kinde_rls was not loaded in the storing session is dropped (with a
+    WARNING) when the library loads in a later session, and is no identity — also after
+    DISCARD ALL; what counts is a value set in the session."""
+    import json
+
+    from kinde import jwks, kinde_access_claims
+
+    mallory = signers["rsa"].sign(kinde_access_claims("kp_mallory"), "RS256")
+    value = json.dumps({"authorization": f"Bearer {mallory}"}) if name == "request.headers" else mallory
+    with bare_cluster.connect(dbname="app") as su:
+        su.execute(f"ALTER DATABASE app SET kinde_rls.jwks = '{jwks(signers['rsa'])}'")
+        su.execute(f"ALTER ROLE app_user SET {name} = '{value}'")  # library not loaded here
     try:
-        with cluster.connect(user="app_user", dbname="app") as c:
-            assert one(c, f"SELECT current_setting('{name}')") == value
+        with bare_cluster.connect(user="app_user", dbname="app") as c:
+            warnings = []
+            c.add_notice_handler(lambda d: warnings.append(d.message_primary))
             assert one(c, "SELECT get_user_id()") is None
+            assert any("can only be set in a session" in (w or "") for w in warnings), warnings
+            assert all(mallory not in (w or "") for w in warnings)
             c.execute("DISCARD ALL")
             assert one(c, "SELECT get_user_id()") is None
-            # Set in the session, it is the session's own: the same text as the default counts
-            # (whoever can set it holds the token), as it does in parallel workers, which
-            # restore the value with its source.
             c.execute("SELECT set_config(%s, %s, false)", (name, value))
             assert one(c, "SELECT get_user_id()") == "kp_mallory"
-            c.execute("RESET " + name)
-            assert one(c, "SELECT get_user_id()") is None
-            other = signers["rsa"].sign(kinde_access_claims("kp_request"), "RS256")
-            c.execute("SELECT set_config(%s, %s, false)",
-                      (name, json.dumps({"authorization": f"Bearer {other}"}) if name == "request.headers" else other))
-            assert one(c, "SELECT get_user_id()") == "kp_request"
     finally:
-        with cluster.connect(dbname="app") as su:
+        with bare_cluster.connect(dbname="app") as su:
             su.execute(f"ALTER ROLE app_user RESET {name}")
+            su.execute("ALTER DATABASE app RESET kinde_rls.jwks")
