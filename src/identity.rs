@@ -374,10 +374,40 @@ impl State {
         Ok(c)
     }
 
+    /// `verify_jwt(token)`: the token verified against the configuration, through the cache.
     fn verify(&mut self, token: &str, now: i64) -> Result<Rc<Identity>, Error> {
+        match self.lookup(token, now, false)? {
+            Some(id) => Ok(id),
+            // Unreachable: without the anonymous rule every outcome is an identity or an error.
+            None => Err(Refusal::new(kinde_rls_core::Check::Sub, "the token names nobody").into()),
+        }
+    }
+
+    /// The identity a request's token stands for: `None` for an anonymous credential (a token
+    /// with no `sub` whose `role` is in `kinde_rls.anonymous_roles`, signature unchecked), else
+    /// the verified identity; a token that does not verify is an error.
+    fn identify(&mut self, token: &str, now: i64) -> Result<Option<Rc<Identity>>, Error> {
+        self.lookup(token, now, true)
+    }
+
+    fn lookup(
+        &mut self,
+        token: &str,
+        now: i64,
+        request: bool,
+    ) -> Result<Option<Rc<Identity>>, Error> {
         if let Some(id) = self.cache.get(token) {
             if now < id.valid_until {
-                return Ok(id.clone());
+                let id = id.clone();
+                // A cached identity with a `sub` cannot be anonymous; one without (possible with
+                // `require_sub = off`, and cached by `verify_jwt()` too) is held to the rule.
+                if request && id.sub.is_none() {
+                    let config = self.config()?;
+                    if claims::is_anonymous(id.claims(), &config.anonymous_roles) {
+                        return Ok(None);
+                    }
+                }
+                return Ok(Some(id));
             }
         }
         let config = self.config()?;
@@ -385,9 +415,16 @@ impl State {
             let config = std::panic::AssertUnwindSafe(&*config);
             guarded(move || {
                 let mut source = jwks::Source::default();
-                let v = config::verify_configured(token, &config, now, &mut source)?;
+                let v = if request {
+                    config::identify_configured(token, &config, now, &mut source)?
+                } else {
+                    Some(config::verify_configured(token, &config, now, &mut source)?)
+                };
                 Ok((v, source.until))
             })?
+        };
+        let Some(verified) = verified else {
+            return Ok(None);
         };
         // A verification made with fetched keys is reused only while those keys are fresh.
         let keys_until = if keys_until.is_finite() {
@@ -399,25 +436,7 @@ impl State {
         let id = Rc::new(Identity::from_verified(verified, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
         self.cache.insert(token, id.clone(), cap);
-        Ok(id)
-    }
-
-    /// The identity a request token stands for: `None` for an anonymous credential (a token with
-    /// no `sub` whose `role` is in `kinde_rls.anonymous_roles`, signature unchecked), else the
-    /// verified identity; a token that does not verify is an error.
-    fn identify(&mut self, token: &str, now: i64) -> Result<Option<Rc<Identity>>, Error> {
-        // A cached identity with a `sub` cannot be anonymous (that needs no `sub` member); one
-        // without (`require_sub = off`, cached by `verify_jwt()`) is looked at again below.
-        if let Some(id) = self.cache.get(token) {
-            if now < id.valid_until && id.sub.is_some() {
-                return Ok(Some(id.clone()));
-            }
-        }
-        let config = self.config()?;
-        if token::is_anonymous(token, &config.anonymous_roles) {
-            return Ok(None);
-        }
-        self.verify(token, now).map(Some)
+        Ok(Some(id))
     }
 }
 

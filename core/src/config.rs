@@ -523,7 +523,39 @@ pub fn verify_configured(
     if !config.has_keys() {
         return Err(Config::no_keys_error().into());
     }
-    let p = parse(token)?;
+    verify_parsed(parse(token)?, config, now, source)
+}
+
+/// A request's token: `None` for an anonymous credential (no `sub`, a `role` in
+/// `config.anonymous_roles`: [`crate::claims::is_anonymous`]), whether or not it would
+/// verify; else the token verified as by [`verify_configured`]. The token is parsed once; only
+/// a token that does not parse is decoded again, to see whether it is anonymous all the same.
+pub fn identify_configured(
+    token: &str,
+    config: &Config,
+    now: i64,
+    source: &mut dyn KeySource,
+) -> Result<Option<Verified>, Error> {
+    let p = match parse(token) {
+        Ok(p) => p,
+        Err(_) if crate::token::is_anonymous(token, &config.anonymous_roles) => return Ok(None),
+        Err(r) => return Err(r.into()),
+    };
+    if crate::claims::is_anonymous(&p.payload, &config.anonymous_roles) {
+        return Ok(None);
+    }
+    if !config.has_keys() {
+        return Err(Config::no_keys_error().into());
+    }
+    verify_parsed(p, config, now, source).map(Some)
+}
+
+fn verify_parsed(
+    p: crate::token::Parsed<'_>,
+    config: &Config,
+    now: i64,
+    source: &mut dyn KeySource,
+) -> Result<Verified, Error> {
     let alg = verify::check_algorithm(&p)?;
     let provider = config.provider_for(&p.payload)?;
     with_candidates(provider, p.kid.as_deref(), alg, source, |candidates| {
@@ -714,6 +746,47 @@ mod tests {
         assert!(
             check_trusted_claims(&claims(serde_json::json!({"exp": now - 29})), &c, now).is_ok()
         );
+    }
+
+    #[test]
+    fn identify_reads_anonymous_credentials_as_nobody_and_verifies_the_rest() {
+        use crate::token::b64_encode;
+        let tok = |h: &str, p: &str| {
+            format!(
+                "{}.{}.c2ln",
+                b64_encode(h.as_bytes()),
+                b64_encode(p.as_bytes())
+            )
+        };
+        let now = 1_700_000_000;
+        // No keys at all: an anon key is still nobody, a user token is a configuration error.
+        let c = Config::from_settings(&Settings {
+            anonymous_roles: Some("anon, service_role"),
+            ..settings()
+        })
+        .unwrap();
+        let anon = tok(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"iss":"supabase","role":"anon","exp":1}"#,
+        );
+        assert!(identify_configured(&anon, &c, now, &mut NoRemote)
+            .unwrap()
+            .is_none());
+        // A header the parser refuses (alg none) does not make an anon key somebody.
+        let none = tok(r#"{"alg":"none"}"#, r#"{"role":"service_role"}"#);
+        assert!(identify_configured(&none, &c, now, &mut NoRemote)
+            .unwrap()
+            .is_none());
+        let user = tok(
+            r#"{"alg":"HS256"}"#,
+            r#"{"role":"anon","sub":"kp_1","exp":1}"#,
+        );
+        assert!(matches!(
+            identify_configured(&user, &c, now, &mut NoRemote),
+            Err(Error::Config(_))
+        ));
+        // verify_configured never applies the rule.
+        assert!(verify_configured(&anon, &c, now, &mut NoRemote).is_err());
     }
 
     #[test]

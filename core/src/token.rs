@@ -169,8 +169,9 @@ impl<'de> Deserialize<'de> for UniqueObject {
 
 /// Parse a JSON object with unique top-level names. serde_json's recursion limit (128) bounds
 /// nesting, so a 100,000-deep document is an error, not a stack overflow.
-/// Claims the checks need. Everything else is skipped while parsing (still validated).
-pub const REGISTERED: &[&str] = &["exp", "nbf", "iat", "iss", "aud", "sub"];
+/// Claims the checks need (`role` for the anonymous-credential rule). Everything else is
+/// skipped while parsing (still validated).
+pub const REGISTERED: &[&str] = &["exp", "nbf", "iat", "iss", "aud", "sub", "role"];
 
 struct Registered(Map<String, Value>);
 
