@@ -212,6 +212,74 @@ unsafe fn allow_source(
     false
 }
 
+/// Set while `_PG_init` defines the settings. PostgreSQL then re-applies values set before the
+/// library was loaded (postgresql.conf at server start, a session's early `SET`); a check hook
+/// that refused one would drop it and leave the setting unset — an issuer not checked, or the
+/// single-provider settings in force where `providers` was meant. So those are accepted here
+/// and fail at use, as a configuration error.
+static DEFINING: AtomicBool = AtomicBool::new(false);
+
+/// Refuse a malformed key or provider setting when it is set (`SET`, `ALTER SYSTEM`,
+/// `ALTER DATABASE/ROLE … SET`, a reload) with the error verification would give later. A
+/// value applied from a role or database default at connection is not judged here (refusing it
+/// would silently fall back to a wider setting): it fails at use.
+///
+/// # Safety
+/// `newval` is the check hook's argument.
+unsafe fn check_config(
+    name: &str,
+    newval: *mut *mut c_char,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    use pg_sys::GucSource::*;
+    if DEFINING.load(Ordering::Relaxed)
+        || !matches!(
+            source,
+            PGC_S_FILE | PGC_S_SESSION | PGC_S_TEST | PGC_S_INTERACTIVE
+        )
+        || newval.is_null()
+        || (*newval).is_null()
+    {
+        return true;
+    }
+    let fail = |message: String, hint: String| {
+        let c = |t: String| CString::new(t).unwrap_or_else(|_| c"(a message with a NUL)".into());
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(c(message).as_ptr());
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(c(hint).as_ptr());
+        false
+    };
+    match CStr::from_ptr(*newval).to_str() {
+        Err(_) => fail(
+            format!("{name} is not valid UTF-8"),
+            format!("Set {name} from a database whose encoding is UTF8."),
+        ),
+        Ok(v) => match kinde_rls_core::config::validate_setting(name, v) {
+            Ok(()) => true,
+            Err(e) => fail(e.message, e.hint),
+        },
+    }
+}
+
+macro_rules! config_check_hook {
+    ($fn:ident, $name:literal) => {
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $fn(
+            newval: *mut *mut c_char,
+            _extra: *mut *mut c_void,
+            source: pg_sys::GucSource::Type,
+        ) -> bool {
+            check_config($name, newval, source)
+        }
+    };
+}
+config_check_hook!(check_providers, "kinde_rls.providers");
+config_check_hook!(check_jwks, "kinde_rls.jwks");
+config_check_hook!(check_domain, "kinde_rls.domain");
+config_check_hook!(check_jwks_url, "kinde_rls.jwks_url");
+config_check_hook!(check_issuer, "kinde_rls.issuer");
+config_check_hook!(check_audience, "kinde_rls.audience");
+config_check_hook!(check_secret_file, "kinde_rls.secret_file");
+
 /// `pg_db_role_setting` and `pg_proc.proconfig` are readable by every role, so a secret stored
 /// with `ALTER DATABASE/ROLE … SET` or a function's `SET` clause is public. Those values reach
 /// us with source `PGC_S_TEST` (when stored) or `PGC_S_DATABASE`/`USER`/`DATABASE_USER`/
@@ -342,6 +410,12 @@ unsafe fn define_int(
 }
 
 pub fn init() {
+    DEFINING.store(true, Ordering::Relaxed);
+    define_all();
+    DEFINING.store(false, Ordering::Relaxed);
+}
+
+fn define_all() {
     use pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
     let none = GucFlags::empty();
     unsafe {
@@ -356,7 +430,7 @@ pub fn init() {
             &ISSUER,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_issuer), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.domain",
@@ -365,7 +439,7 @@ pub fn init() {
             &DOMAIN,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_domain), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.jwks_url",
@@ -374,7 +448,7 @@ pub fn init() {
             &JWKS_URL,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_jwks_url), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.providers",
@@ -383,7 +457,7 @@ pub fn init() {
             &PROVIDERS,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_providers), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.audience",
@@ -392,7 +466,7 @@ pub fn init() {
             &AUDIENCE,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_audience), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.jwks",
@@ -401,7 +475,7 @@ pub fn init() {
             &JWKS,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_jwks), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.secret",
@@ -419,7 +493,7 @@ pub fn init() {
             &SECRET_FILE,
             PGC_SUSET,
             none,
-            (None, Some(config_changed_str), None),
+            (Some(check_secret_file), Some(config_changed_str), None),
         );
         define_string(
             c"kinde_rls.token",

@@ -244,6 +244,7 @@ fn stamp(path: &str) -> FileStamp {
 /// (less a trailing newline) is the secret. Errors name the path, never the content.
 fn read_secret_file(path: &str) -> Result<String, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
+    config::check_secret_path(path)?;
     let bad = |m: String| {
         ConfigError::new(
             "kinde_rls.secret_file",
@@ -459,15 +460,37 @@ pub fn current_config() -> Result<Rc<Config>, ConfigError> {
     })
 }
 
-/// The bearer token in a PostgREST `request.headers` JSON document, if any.
-fn bearer_from_headers(headers: &str) -> Option<String> {
-    let doc = token::parse_value(headers).ok()?;
-    let auth = doc.get("authorization")?.as_str()?.trim();
-    let (scheme, rest) = auth.split_once(char::is_whitespace)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
+/// The bearer token in a `request.headers` JSON document, if any. Header names are matched
+/// case-insensitively (HTTP's rule: PostgREST lower-cases them, a hand-written
+/// `{"Authorization": …}` is the same header); two members that both name it are ambiguous and
+/// refused rather than one of them chosen.
+fn bearer_from_headers(headers: &str) -> Result<Option<String>, Refusal> {
+    let Ok(serde_json::Value::Object(doc)) = token::parse_value(headers) else {
+        return Ok(None);
+    };
+    let mut auth = doc
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    let Some((_, value)) = auth.next() else {
+        return Ok(None);
+    };
+    if auth.next().is_some() {
+        return Err(Refusal::new(
+            kinde_rls_core::Check::Format,
+            "request.headers names the authorization header more than once",
+        ));
     }
-    Some(rest.trim().to_owned())
+    let Some((scheme, rest)) = value
+        .as_str()
+        .map(str::trim)
+        .and_then(|a| a.split_once(char::is_whitespace))
+    else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    Ok(Some(rest.trim().to_owned()))
 }
 
 /// The identity of the current request: `Ok(None)` when there is no token (anonymous), an error
@@ -568,25 +591,27 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     // Each source is read only if the ones before it gave no token, and only when it was set in
     // the session: a value the session inherited (a role or database default) is not this
     // request's (see gucs::set_in_session).
-    let (identity, until) =
-        if let Some(token) = gucs::request_value(Request::Headers)?.and_then(bearer_from_headers) {
-            let id = s.identify(&token, now)?;
+    let (identity, until) = if let Some(token) = match gucs::request_value(Request::Headers)? {
+        Some(h) => bearer_from_headers(h)?,
+        None => None,
+    } {
+        let id = s.identify(&token, now)?;
+        (id.clone(), until(&id))
+    } else if let Some(token) = gucs::request_value(Request::Jwt)? {
+        let id = s.identify(token.trim(), now)?;
+        (id.clone(), until(&id))
+    } else if let Some(text) = gucs::request_value(Request::Claims)? {
+        if token::looks_like_compact(text) {
+            let id = s.identify(text.trim(), now)?;
             (id.clone(), until(&id))
-        } else if let Some(token) = gucs::request_value(Request::Jwt)? {
-            let id = s.identify(token.trim(), now)?;
-            (id.clone(), until(&id))
-        } else if let Some(text) = gucs::request_value(Request::Claims)? {
-            if token::looks_like_compact(text) {
-                let id = s.identify(text.trim(), now)?;
-                (id.clone(), until(&id))
-            } else if gucs::TRUST_REQUEST_CLAIMS.get() {
-                trusted_claims(s, text, now)?
-            } else {
-                (None, i64::MAX)
-            }
+        } else if gucs::TRUST_REQUEST_CLAIMS.get() {
+            trusted_claims(s, text, now)?
         } else {
             (None, i64::MAX)
-        };
+        }
+    } else {
+        (None, i64::MAX)
+    };
     s.last = Some(Last {
         key,
         identity: identity.clone(),
@@ -648,19 +673,32 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
+        let b = |h: &str| bearer_from_headers(h).unwrap();
         assert_eq!(
-            bearer_from_headers(r#"{"authorization":"Bearer a.b.c"}"#).as_deref(),
+            b(r#"{"authorization":"Bearer a.b.c"}"#).as_deref(),
             Some("a.b.c")
         );
         assert_eq!(
-            bearer_from_headers(r#"{"authorization":"bearer   a.b.c "}"#).as_deref(),
+            b(r#"{"authorization":"bearer   a.b.c "}"#).as_deref(),
             Some("a.b.c")
         );
         assert_eq!(
-            bearer_from_headers(r#"{"authorization":"Basic abc"}"#),
-            None
+            b(r#"{"Authorization":"Bearer a.b.c","Accept":"*/*"}"#).as_deref(),
+            Some("a.b.c")
         );
-        assert_eq!(bearer_from_headers(r#"{"accept":"*/*"}"#), None);
-        assert_eq!(bearer_from_headers("not json"), None);
+        assert_eq!(
+            b(r#"{"AUTHORIZATION":"Bearer a.b.c"}"#).as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(b(r#"{"authorization":"Basic abc"}"#), None);
+        assert_eq!(b(r#"{"authorization":7}"#), None);
+        assert_eq!(b(r#"{"accept":"*/*"}"#), None);
+        assert_eq!(b("not json"), None);
+        assert_eq!(b("[]"), None);
+        let e = bearer_from_headers(
+            r#"{"authorization":"Bearer a.b.c","Authorization":"Bearer x.y.z"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.check, kinde_rls_core::Check::Format);
     }
 }

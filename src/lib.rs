@@ -215,7 +215,14 @@ fn jwt_explain(
         name!(detail, String),
     ),
 > {
-    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    // A tool for finding out what is wrong: a configuration mistake is its answer (a `config`
+    // row naming the setting, with the hint), not an error.
+    let config = match identity::current_config() {
+        Ok(c) => c,
+        Err(e) => {
+            return TableIterator::new(vec![("config".to_string(), Some(false), config_text(&e))]);
+        }
+    };
     let now = identity::now();
     // Bytes that are not UTF-8 are explained too: they fail the format row.
     let token = String::from_utf8_lossy(token.0).trim().to_owned();
@@ -230,8 +237,14 @@ fn jwt_explain(
     .unwrap_or_default();
     TableIterator::new(
         rows.into_iter()
-            .map(|r| (r.check.as_str().to_string(), r.ok, r.detail)),
+            .map(|r| (r.check.as_str().to_string(), r.ok, r.detail))
+            .collect::<Vec<_>>(),
     )
+}
+
+/// A configuration error as one line for a diagnostic row: the message, then how to fix it.
+fn config_text(e: &kinde_rls_core::ConfigError) -> String {
+    format!("{} (hint: {})", e.message, e.hint)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +317,22 @@ fn jwks_status() -> TableIterator<
         name!(warning, Option<String>),
     ),
 > {
-    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    let config = match identity::current_config() {
+        Ok(c) => c,
+        // Reported, not raised: this is where a user looks to see what is wrong.
+        Err(e) => {
+            return TableIterator::new(vec![(
+                None,
+                "configuration".to_string(),
+                0,
+                None,
+                None,
+                Some(config_text(&e)),
+                Vec::new(),
+                None,
+            )]);
+        }
+    };
     let mut rows = Vec::new();
     for p in &config.providers {
         let warning = p.audience_warning();

@@ -220,6 +220,49 @@ impl Config {
     }
 }
 
+/// Judge one setting's value alone, as verification would read it, so that a mistake is refused
+/// when it is made (`SET`, `ALTER SYSTEM`, `ALTER DATABASE … SET`) with the error verification
+/// would raise later. What can only be judged later (a file, a fetch) is not looked at.
+pub fn validate_setting(setting: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Ok(());
+    }
+    let one = |s: Settings| single_provider(&s).map(|_| ());
+    match setting {
+        "kinde_rls.providers" => parse_providers(value).map(|_| ()),
+        "kinde_rls.jwks" => one(Settings {
+            jwks: Some(value),
+            ..Default::default()
+        }),
+        "kinde_rls.domain" => one(Settings {
+            domain: Some(value),
+            ..Default::default()
+        }),
+        "kinde_rls.jwks_url" => one(Settings {
+            jwks_url: Some(value),
+            ..Default::default()
+        }),
+        "kinde_rls.secret_file" => check_secret_path(value),
+        _ => Ok(()),
+    }
+}
+
+/// `kinde_rls.secret_file` must be an absolute path: a relative one would be read relative to
+/// the server's data directory, which nobody means to keep a secret in.
+pub fn check_secret_path(path: &str) -> Result<(), ConfigError> {
+    if std::path::Path::new(path.trim()).is_absolute() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "kinde_rls.secret_file",
+        format!(
+            "kinde_rls.secret_file {} is not an absolute path (the server would read it relative to its data directory)",
+            quote(path)
+        ),
+        "Set kinde_rls.secret_file to the absolute path of a file owned by the server's OS user with mode 0600 or 0640, e.g. /etc/postgresql/kinde_client_secret.",
+    ))
+}
+
 fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
     let mut set = KeySet::default();
     if let Some(jwks) = s.jwks.filter(|j| !j.trim().is_empty()) {
@@ -410,17 +453,19 @@ impl KeySource for NoRemote {
 }
 
 fn no_keys_refusal(p: &Provider, fetch_error: Option<&str>) -> Refusal {
-    Refusal::new(
-        Check::Key,
-        match (fetch_error, &p.remote) {
-            (Some(e), Some(src)) => format!(
+    match (fetch_error, &p.remote) {
+        (Some(e), Some(src)) => Refusal::new(
+            Check::Key,
+            format!(
                 "the keys of {} could not be fetched from {}: {e}",
                 quote(&p.name()),
                 src.label()
             ),
-            _ => "no verification key is configured".into(),
-        },
-    )
+        )
+        .because("keys could not be fetched"),
+        _ => Refusal::new(Check::Key, "no verification key is configured")
+            .because("no key configured"),
+    }
 }
 
 fn check_provider_algorithm(p: &Provider, alg: Algorithm) -> Result<(), Refusal> {
@@ -463,7 +508,8 @@ fn with_ignored(r: Refusal, p: &Provider, fetched: Option<&KeySet>, kid: Option<
                 quote(&p.name()),
                 i.reason
             ),
-        ),
+        )
+        .because("the key with this kid is unusable"),
         None => r,
     }
 }
@@ -787,6 +833,56 @@ mod tests {
         ));
         // verify_configured never applies the rule.
         assert!(verify_configured(&anon, &c, now, &mut NoRemote).is_err());
+    }
+
+    #[test]
+    fn settings_are_judged_alone_with_the_errors_verification_gives() {
+        for (setting, value) in [
+            (
+                "kinde_rls.providers",
+                r#"[{"issuer": "https://a.example", "jwks_ur": "https://a.example/jwks"}]"#,
+            ),
+            ("kinde_rls.providers", "not json"),
+            ("kinde_rls.jwks", "not json"),
+            ("kinde_rls.domain", "acme.kinde.com"),
+            ("kinde_rls.domain", "http://acme.kinde.com"),
+            ("kinde_rls.jwks_url", "ftp://x/jwks"),
+        ] {
+            let e = validate_setting(setting, value).unwrap_err();
+            assert_eq!(e.setting, setting, "{value}");
+            // The same error as verification with that setting alone.
+            let later = Config::from_settings(&Settings {
+                providers: (setting == "kinde_rls.providers").then_some(value),
+                jwks: (setting == "kinde_rls.jwks").then_some(value),
+                domain: (setting == "kinde_rls.domain").then_some(value),
+                jwks_url: (setting == "kinde_rls.jwks_url").then_some(value),
+                ..settings()
+            })
+            .unwrap_err();
+            assert_eq!(e, later, "{setting} = {value}");
+        }
+        for (setting, value) in [
+            (
+                "kinde_rls.providers",
+                r#"[{"issuer": "https://a.example", "jwks_url": "https://a.example/jwks"}]"#,
+            ),
+            ("kinde_rls.domain", "https://acme.kinde.com/"),
+            ("kinde_rls.jwks_url", "http://127.0.0.1:8080/jwks"),
+            ("kinde_rls.jwks", ""),
+            ("kinde_rls.issuer", "anything, at all"),
+        ] {
+            assert_eq!(
+                validate_setting(setting, value),
+                Ok(()),
+                "{setting} = {value}"
+            );
+        }
+        let e = validate_setting("kinde_rls.secret_file", "kinde_secret").unwrap_err();
+        assert!(e.message.contains("not an absolute path"), "{}", e.message);
+        assert_eq!(
+            validate_setting("kinde_rls.secret_file", "/etc/kinde"),
+            Ok(())
+        );
     }
 
     #[test]

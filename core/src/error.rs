@@ -74,6 +74,9 @@ pub struct Refusal {
     pub check: Check,
     /// Why, in terms of the token and the rules; never contains key material.
     pub detail: String,
+    /// The few words after "check failed", when more precise than the check's own
+    /// ("keys could not be fetched" rather than "no matching key").
+    pub reason: Option<&'static str>,
 }
 
 impl Refusal {
@@ -81,7 +84,14 @@ impl Refusal {
         Refusal {
             check,
             detail: detail.into(),
+            reason: None,
         }
+    }
+
+    /// The same refusal, with a more precise short reason for its message.
+    pub fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// The primary error message, naming the failed check.
@@ -89,7 +99,7 @@ impl Refusal {
         format!(
             "JWT refused: {} check failed ({})",
             self.check,
-            self.check.headline()
+            self.reason.unwrap_or(self.check.headline())
         )
     }
 }
@@ -176,6 +186,29 @@ mod tests {
     fn message_names_the_check() {
         let r = Refusal::new(Check::Exp, "expired at 1");
         assert_eq!(r.message(), "JWT refused: exp check failed (token expired)");
+    }
+
+    #[test]
+    fn a_reason_says_more_than_the_check() {
+        use crate::verify::{check_exp, select_keys, Policy};
+        let no_exp = check_exp(&serde_json::Map::new(), &Policy::default(), 0).unwrap_err();
+        assert_eq!(
+            no_exp.message(),
+            "JWT refused: exp check failed (no exp claim)"
+        );
+        let k = crate::token::b64_encode(&[7u8; 32]);
+        let set = crate::keys::parse_jwks(&format!(r#"{{"kty":"oct","k":"{k}","kid":"a"}}"#), true)
+            .unwrap();
+        let e = select_keys(&set.keys, jsonwebtoken::Algorithm::HS256, Some("nope")).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "JWT refused: key check failed (no key with this kid)"
+        );
+        let e = select_keys(&[], jsonwebtoken::Algorithm::HS256, None).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "JWT refused: key check failed (no key configured)"
+        );
     }
 
     #[test]

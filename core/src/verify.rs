@@ -148,10 +148,10 @@ pub fn select_key_refs<'k>(
     kid: Option<&str>,
 ) -> Result<Vec<&'k Key>, Refusal> {
     if keys.is_empty() {
-        return Err(Refusal::new(
-            Check::Key,
-            "no verification key is configured",
-        ));
+        return Err(
+            Refusal::new(Check::Key, "no verification key is configured")
+                .because("no key configured"),
+        );
     }
     let permitted = |k: &&Key| k.fits(alg);
     let first_reason = |pool: &[&Key]| {
@@ -196,7 +196,8 @@ pub fn select_key_refs<'k>(
                             known.join(", ")
                         }
                     ),
-                ));
+                )
+                .because("no key with this kid"));
             }
             fit
         }
@@ -238,7 +239,8 @@ pub fn select_key_refs<'k>(
                 "{} keys could verify this token; it must name its key with kid",
                 fit.len()
             ),
-        ));
+        )
+        .because("token names no kid"));
     }
     Ok(fit)
 }
@@ -282,8 +284,10 @@ pub fn check_signature<'k>(
 }
 
 pub fn check_exp(claims: &Map<String, Value>, policy: &Policy, now: i64) -> Result<i64, Refusal> {
-    let exp = numeric_date(claims, "exp", Check::Exp)?
-        .ok_or_else(|| Refusal::new(Check::Exp, "the token has no exp claim; exp is required"))?;
+    let exp = numeric_date(claims, "exp", Check::Exp)?.ok_or_else(|| {
+        Refusal::new(Check::Exp, "the token has no exp claim; exp is required")
+            .because("no exp claim")
+    })?;
     if now >= exp.saturating_add(policy.leeway) {
         return Err(Refusal::new(
             Check::Exp,
@@ -365,7 +369,7 @@ pub fn check_iss(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
 pub fn check_aud(claims: &Map<String, Value>, policy: &Policy) -> Result<String, Refusal> {
     if policy.audiences.is_empty() {
         return Ok(
-            "not checked: no audience is configured, so a token this issuer made for any other application or API is accepted too; set kinde_rls.audience (RFC 8725 §3.9)"
+            "not checked: no audience is configured, so a token this issuer made for any other application or API is accepted too; set kinde_rls.audience, or the provider's \"audience\" in kinde_rls.providers (RFC 8725 §3.9)"
                 .into(),
         );
     }
@@ -418,7 +422,8 @@ pub fn check_sub(claims: &Map<String, Value>, policy: &Policy) -> Result<String,
         None if policy.require_sub => Err(Refusal::new(
             Check::Sub,
             "the token has no sub claim (set kinde_rls.require_sub = off to accept machine-to-machine tokens)",
-        )),
+        )
+        .because("no sub claim")),
         None => Ok("no sub claim (allowed: kinde_rls.require_sub is off)".into()),
     }
 }

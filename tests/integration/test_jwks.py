@@ -16,6 +16,7 @@ import time
 import uuid
 
 import psycopg
+from psycopg import sql
 import pytest
 from helpers import in_thread, one, refused, wait_for_setting
 from issuer import MockIssuer
@@ -310,14 +311,27 @@ def test_https_certificates_are_checked(tmp_path, keys_db):
     ("providers", "not json"),
     ("providers", '[{"issuer": "https://a.example"}]'),
     ("providers", '[{"issuer": "a", "jwks_url": "https://a/jwks", "secret": "x"}]'),
+    ("providers", '[{"issuer": "https://a.example", "jwks_urll": "https://a.example/jwks"}]'),
+    ("jwks", "not json"),
+    ("domain", "acme.kinde.com"),
+    ("secret_file", "relative/secret_path"),
 ])
-def test_bad_key_settings_are_config_errors_naming_the_setting(keys_db, setting, value):
-    connect = keys_db(**{setting: value.replace("'", "''")})
-    with connect() as c:
-        with pytest.raises(psycopg.Error) as ei:
-            c.execute("SELECT verify_jwt('a.b.c')")
-    assert ei.value.sqlstate == "22023"
-    assert f"kinde_rls.{setting}" in ei.value.diag.message_hint
+def test_bad_key_settings_are_refused_when_set_naming_the_setting(cluster, setting, value):
+    """A mistake is refused when it is made — SET, ALTER DATABASE/ROLE … SET, ALTER SYSTEM —
+    with the message and HINT verification would give later (22023), not when a token comes."""
+    name = sql.SQL(f"kinde_rls.{setting}")
+    stored = "SELECT coalesce(array_agg(c ORDER BY c), '{}') FROM pg_db_role_setting, unnest(setconfig) c"
+    with cluster.connect(dbname="app") as su:
+        before = one(su, stored)
+        for stmt in [sql.SQL("SET {} = {}"), sql.SQL("ALTER DATABASE app SET {} = {}"),
+                     sql.SQL("ALTER ROLE app_user SET {} = {}"), sql.SQL("ALTER SYSTEM SET {} = {}")]:
+            with pytest.raises(psycopg.Error) as ei:
+                su.execute(stmt.format(name, sql.Literal(value)))
+            assert ei.value.sqlstate == "22023", stmt
+            assert f"kinde_rls.{setting}" in ei.value.diag.message_hint, ei.value.diag.message_hint
+            assert f"kinde_rls.{setting}" in ei.value.diag.message_primary, ei.value.diag.message_primary
+        assert one(su, stored) == before
+        assert value not in open(os.path.join(cluster.data, "postgresql.auto.conf")).read()
 
 
 def test_refresh_jwks_is_for_superusers_and_counts_keys(issuer, keys_db):
@@ -683,12 +697,12 @@ def test_inline_jwks_with_an_unusable_key_keeps_the_good_ones(keys_db, signers):
     assert len(row[2]) == 1 and "1024 bits" in row[2][0]
 
 
-def test_a_set_with_no_usable_key_is_still_an_error(keys_db, signers):
+def test_a_set_with_no_usable_key_is_still_an_error(cluster, signers):
+    """Refused when set: a key set none of whose keys can be used verifies nothing."""
     doc = json.dumps({"keys": [signers["rsa1024"].jwk()]})
-    connect = keys_db(jwks=doc)
-    with connect() as c:
+    with cluster.connect(dbname="app") as su:
         with pytest.raises(psycopg.Error) as ei:
-            c.execute("SELECT verify_jwt('a.b.c')")
+            su.execute(sql.SQL("ALTER DATABASE app SET kinde_rls.jwks = {}").format(sql.Literal(doc)))
     assert ei.value.sqlstate == "22023"
     assert "no usable signing key" in ei.value.diag.message_primary
     assert "kinde_rls.jwks" in ei.value.diag.message_hint

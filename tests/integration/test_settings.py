@@ -91,11 +91,14 @@ def test_short_secret_is_a_config_error_naming_the_setting(cluster, signers):
 
 def test_bad_jwks_is_a_config_error_naming_the_setting(cluster, signers):
     with cluster.connect(dbname="app") as su:
-        su.execute("SET kinde_rls.jwks = '{\"keys\": 1}'")
         with pytest.raises(psycopg.Error) as ei:
-            su.execute("SELECT verify_jwt(%s)", (signers["rsa"].sign({"sub": "a", "exp": 9999999999}, "RS256"),))
+            su.execute("SET kinde_rls.jwks = '{\"keys\": 1}'")
         assert ei.value.sqlstate == "22023"
+        assert ei.value.diag.message_primary == "kinde_rls.jwks cannot be used: member keys must be an array"
         assert "kinde_rls.jwks" in ei.value.diag.message_hint
+        # The database's own key set is still in force.
+        token = signers["rsa"].sign({"sub": "a", "exp": 9999999999, "iss": "https://acme.kinde.com"}, "RS256")
+        assert one(su, "SELECT verify_jwt(%s) ->> 'sub'", (token,)) == "a"
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +133,8 @@ def test_without_preload_kinde_rls_secret_is_refused_because_it_was_readable(bar
     """Until a backend loads kinde_rls, a kinde_rls.secret line in postgresql.conf is a plain
     placeholder that any role can read (and then mint tokens for anyone with sign_jwt). So
     without preloading, kinde_rls.secret is not used at all: 22023, with a HINT saying how to
-    fix it, from verify_jwt(), get_user_id() and jwt_explain() alike."""
+    fix it, from verify_jwt() and get_user_id(); jwt_explain() and jwks_status() report it as a
+    row."""
     from kinde import kinde_id_claims
 
     secret = "placeholder-secret-0123456789abcdefghij"
@@ -145,13 +149,21 @@ def test_without_preload_kinde_rls_secret_is_refused_because_it_was_readable(bar
             # What the library cannot prevent: the placeholder is readable before it loads...
             assert one(c, "SELECT current_setting('kinde_rls.secret', true)") == secret
             # ...which is why it is never used.
-            for sql in ["SELECT verify_jwt(%s)", "SELECT * FROM jwt_explain(%s)"]:
-                with pytest.raises(psycopg.Error) as ei:
-                    c.execute(sql, (t,))
-                e = ei.value
-                assert e.sqlstate == "22023", (sql, e)
-                assert e.diag.message_primary.startswith("kinde_rls.secret is not used: kinde_rls is not in shared_preload_libraries")
-                assert "kinde_rls.secret_file" in e.diag.message_hint and "shared_preload_libraries" in e.diag.message_hint
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT verify_jwt(%s)", (t,))
+            e = ei.value
+            assert e.sqlstate == "22023", e
+            assert e.diag.message_primary.startswith("kinde_rls.secret is not used: kinde_rls is not in shared_preload_libraries")
+            assert "kinde_rls.secret_file" in e.diag.message_hint and "shared_preload_libraries" in e.diag.message_hint
+            # The diagnostic tools report it rather than raise it.
+            rows = c.execute("SELECT * FROM jwt_explain(%s)", (t,)).fetchall()
+            assert len(rows) == 1 and rows[0][:2] == ("config", False), rows
+            assert rows[0][2].startswith("kinde_rls.secret is not used: kinde_rls is not in shared_preload_libraries")
+            assert "(hint: " in rows[0][2] and "kinde_rls.secret_file" in rows[0][2]
+            status = c.execute("SELECT source, keys, last_error FROM jwks_status()").fetchall()
+            assert len(status) == 1 and status[0][:2] == ("configuration", 0), status
+            assert status[0][2].startswith("kinde_rls.secret is not used")
+            assert secret not in repr(rows) + repr(status)
             c.execute("SELECT set_config('kinde_rls.token', %s, false)", (t,))
             with pytest.raises(psycopg.Error) as ei:
                 c.execute("SELECT get_user_id()")
@@ -507,12 +519,16 @@ def test_a_setting_that_is_not_utf8_is_a_config_error_not_unset(cluster, signers
     with cluster.connect(dbname=sql_ascii_db) as su:
         su.execute(f"SET kinde_rls.jwks = '{jwks_text(signers['rsa'])}'")
         su.execute("SET kinde_rls.secret_file = ''")
-        su.execute(r"SET kinde_rls.issuer = E'https://acme.kinde.com\xff'")
+        su.execute("SET kinde_rls.issuer = 'https://acme.kinde.com'")
         with pytest.raises(psycopg.Error) as ei:
-            su.execute("SELECT verify_jwt(%s)", (foreign,))
+            su.execute(r"SET kinde_rls.issuer = E'https://acme.kinde.com\xff'")
         assert ei.value.sqlstate == "22023"
         assert ei.value.diag.message_primary == "kinde_rls.issuer is not valid UTF-8"
         assert "kinde_rls.issuer" in ei.value.diag.message_hint
+        # Refused, not unset: the issuer set before still refuses a foreign token.
+        with pytest.raises(psycopg.Error) as ei:
+            su.execute("SELECT verify_jwt(%s)", (foreign,))
+        assert ei.value.sqlstate == "28000" and "iss check failed" in ei.value.diag.message_primary
 
 
 def test_a_token_that_is_not_utf8_is_refused_not_anonymous(cluster, sql_ascii_db):
