@@ -605,3 +605,53 @@ def test_an_anonymous_credential_stays_anonymous_after_verify_jwt(cluster, stack
         assert one(c, "SELECT verify_jwt(%s) ->> 'role'", (token,)) == "service_role"
         c.execute("SELECT set_config('request.jwt', %s, false)", (token,))
         assert c.execute("SELECT get_user_id(), get_claims(), has_permission('admin')").fetchone() == (None, None, False)
+
+
+def test_header_names_are_case_insensitive(cluster, stack, signers):
+    """HTTP header names are case-insensitive: a hand-written {"Authorization": …} is the same
+    header PostgREST lower-cases; naming it twice is ambiguous and refused."""
+    peter, mary = user_token(signers, "kp_peter"), user_token(signers, "kp_mary")
+    with cluster.connect(user="authenticator", dbname=stack["rs256"]) as c:
+        for name in ("Authorization", "AUTHORIZATION", "authorization"):
+            with c.transaction():
+                c.execute("SELECT set_config('request.headers', %s, true)",
+                          (json.dumps({"Accept": "*/*", name: f"Bearer {peter}"}),))
+                assert one(c, "SELECT get_user_id()") == "kp_peter", name
+        with c.transaction():
+            c.execute("SELECT set_config('request.headers', %s, true)",
+                      ('{"authorization": "Bearer %s", "Authorization": "Bearer %s"}' % (peter, mary),))
+            refused(c, "SELECT get_user_id()", check="format")
+
+
+def test_postgrest_with_kinde_tokens_as_issued_reads_and_writes_own_todos(cluster, signers):
+    """sql/examples/todos.sql as shipped, PostgREST's calls as authenticator: a Kinde access
+    token has no role claim, so PostgREST runs the request as anon; the verified user still
+    inserts, updates and deletes exactly their own todos, and a request without a token
+    writes nothing."""
+    peter = signers["rsa"].sign(kinde_access_claims("kp_pgrst_peter"), "RS256")
+    mary = signers["rsa"].sign(kinde_access_claims("kp_pgrst_mary"), "RS256")
+    assert "role" not in unverified_claims(peter)
+    try:
+        with cluster.connect(user="authenticator", dbname="app") as c:
+            assert postgrest(c, peter, "INSERT INTO todos (task) VALUES ('p1'), ('p2') RETURNING current_user, user_id") == [
+                ("anon", "kp_pgrst_peter"), ("anon", "kp_pgrst_peter")]
+            assert postgrest(c, mary, "INSERT INTO todos (task) VALUES ('m1') RETURNING user_id") == [("kp_pgrst_mary",)]
+            assert tasks(postgrest(c, peter, "SELECT task FROM todos")) == ["p1", "p2"]
+            assert postgrest(c, peter, "UPDATE todos SET completed_state = true WHERE task IN ('p1', 'm1') RETURNING task") == [
+                ("p1",)]
+            assert postgrest(c, mary, "DELETE FROM todos WHERE task LIKE 'p%' RETURNING task") == []
+            assert postgrest(c, peter, "DELETE FROM todos WHERE task = 'p2' RETURNING task") == [("p2",)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                postgrest(c, mary, "INSERT INTO todos (task, user_id) VALUES ('forged', 'kp_pgrst_peter')")
+            # No token: nothing to read, nothing written.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                postgrest(c, None, "INSERT INTO todos (task, user_id) VALUES ('anon', '')")
+            assert postgrest(c, None, "UPDATE todos SET task = 'x' RETURNING task") == []
+            assert postgrest(c, None, "DELETE FROM todos RETURNING task") == []
+            assert postgrest(c, None, "SELECT count(*) FROM todos") == [(0,)]
+        with cluster.connect(dbname="app") as su:
+            assert su.execute("SELECT task, user_id, completed_state FROM todos WHERE user_id LIKE 'kp_pgrst_%' ORDER BY task").fetchall() == [
+                ("m1", "kp_pgrst_mary", False), ("p1", "kp_pgrst_peter", True)]
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("DELETE FROM todos WHERE user_id LIKE 'kp_pgrst_%'")
