@@ -676,3 +676,33 @@ def test_a_request_default_stored_before_the_library_loaded_is_not_a_request(bar
         with bare_cluster.connect(dbname="app") as su:
             su.execute(f"ALTER ROLE app_user RESET {name}")
             su.execute("ALTER DATABASE app RESET kinde_rls.jwks")
+
+
+def test_a_malformed_setting_at_server_start_fails_closed(signers):
+    """At server start the library is defined after postgresql.conf was read; refusing the
+    value there would leave kinde_rls.providers unset and the single-provider settings (here
+    a key set that verifies the token) in force. It is kept instead, and every verification
+    fails with its error, which jwks_status() shows."""
+    import json
+
+    from kinde import jwks, kinde_access_claims
+
+    conf = {"kinde_rls.providers": "'[{\"issuer\": \"https://a.example\", \"jwks_urll\": \"https://a.example/jwks\"}]'",
+            "kinde_rls.jwks": "'" + jwks(signers["rsa"]) + "'"}
+    c = Cluster("badconf", preload=True, conf=conf)
+    try:
+        token = signers["rsa"].sign(kinde_access_claims("kp_start"), "RS256")
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            assert json.loads(one(su, "SHOW kinde_rls.providers"))[0]["jwks_urll"]
+            with pytest.raises(psycopg.Error) as ei:
+                su.execute("SELECT verify_jwt(%s)", (token,))
+            assert ei.value.sqlstate == "22023" and "kinde_rls.providers" in ei.value.diag.message_hint
+            row = su.execute("SELECT source, last_error FROM jwks_status()").fetchone()
+            assert row[0] == "configuration" and "kinde_rls.providers" in row[1], row
+            # Set in a session, the same value is refused at once.
+            with pytest.raises(psycopg.Error) as ei:
+                su.execute("SET kinde_rls.providers = '[{\"issuer\": \"x\", \"jwks_urll\": \"https://x/j\"}]'")
+            assert ei.value.sqlstate == "22023"
+    finally:
+        c.stop()
