@@ -121,7 +121,9 @@ unsafe extern "C-unwind" fn request_check(
     let unset = !newval.is_null()
         && !(*newval).is_null()
         && CStr::from_ptr(*newval).to_bytes().trim_ascii() == b"{}";
+    // A parallel worker replays the leader's values with their sources: the leader took them.
     if !unset
+        && !pg_sys::InitializingParallelWorker
         && !allow_source(
             newval,
             source,
@@ -232,7 +234,15 @@ unsafe fn check_config(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     use pg_sys::GucSource::*;
+    // postgresql.conf values are judged only for ALTER SYSTEM, which runs in a statement. At a
+    // reload (no statement running) PostgreSQL would keep the refused line's previous value
+    // while applying the file's other changes — a removed kinde_rls.issuer next to a refused
+    // kinde_rls.providers leaves nothing checked — so the value is taken and fails at use.
+    let reload = source == PGC_S_FILE && pg_sys::ActivePortal.is_null();
+    // A parallel worker replays the leader's values, which the leader already has in force.
     if DEFINING.load(Ordering::Relaxed)
+        || pg_sys::InitializingParallelWorker
+        || reload
         || !matches!(
             source,
             PGC_S_FILE | PGC_S_SESSION | PGC_S_TEST | PGC_S_INTERACTIVE

@@ -462,26 +462,27 @@ pub fn current_config() -> Result<Rc<Config>, ConfigError> {
 
 /// The bearer token in a `request.headers` JSON document, if any. Header names are matched
 /// case-insensitively (HTTP's rule: PostgREST lower-cases them, a hand-written
-/// `{"Authorization": …}` is the same header); two members that both name it are ambiguous and
-/// refused rather than one of them chosen.
+/// `{"Authorization": …}` is the same header); two members that both name it — whatever their
+/// case or escapes, even the very same name twice — are ambiguous and refused rather than one
+/// of them chosen.
 fn bearer_from_headers(headers: &str) -> Result<Option<String>, Refusal> {
-    let Ok(serde_json::Value::Object(doc)) = token::parse_value(headers) else {
+    let Ok(AuthorizationMembers(values)) = serde_json::from_str::<AuthorizationMembers>(headers)
+    else {
         return Ok(None);
     };
-    let mut auth = doc
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-    let Some((_, value)) = auth.next() else {
-        return Ok(None);
+    let value = match values.as_slice() {
+        [] => return Ok(None),
+        [one] => one,
+        _ => {
+            return Err(Refusal::new(
+                kinde_rls_core::Check::Format,
+                "request.headers names the authorization header more than once",
+            )
+            .because("ambiguous request headers"))
+        }
     };
-    if auth.next().is_some() {
-        return Err(Refusal::new(
-            kinde_rls_core::Check::Format,
-            "request.headers names the authorization header more than once",
-        ));
-    }
     let Some((scheme, rest)) = value
-        .as_str()
+        .as_deref()
         .map(str::trim)
         .and_then(|a| a.split_once(char::is_whitespace))
     else {
@@ -491,6 +492,90 @@ fn bearer_from_headers(headers: &str) -> Result<Option<String>, Refusal> {
         return Ok(None);
     }
     Ok(Some(rest.trim().to_owned()))
+}
+
+/// The values of every top-level member of a JSON object whose name is `authorization` in any
+/// case: `Some` for a string, `None` for anything else. Read member by member, so a name given
+/// twice is seen twice (a map would keep one), and values are never built as `serde_json::Value`
+/// (whose magic member names could turn an object into a string).
+struct AuthorizationMembers(Vec<Option<String>>);
+
+impl<'de> serde::Deserialize<'de> for AuthorizationMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = AuthorizationMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        out.push(m.next_value::<StringOrOther>()?.0);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(AuthorizationMembers(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// A JSON string, or `None` for any other value (read and dropped).
+struct StringOrOther(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for StringOrOther {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StringOrOther;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(Some(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_unit<E>(self) -> Result<StringOrOther, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StringOrOther, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(StringOrOther(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StringOrOther, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(StringOrOther(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The identity of the current request: `Ok(None)` when there is no token (anonymous), an error

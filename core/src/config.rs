@@ -462,7 +462,7 @@ fn no_keys_refusal(p: &Provider, fetch_error: Option<&str>) -> Refusal {
                 src.label()
             ),
         )
-        .because("keys could not be fetched"),
+        .because("the issuer's keys are unavailable"),
         _ => Refusal::new(Check::Key, "no verification key is configured")
             .because("no key configured"),
     }

@@ -240,7 +240,7 @@ pub fn select_key_refs<'k>(
                 fit.len()
             ),
         )
-        .because("token names no kid"));
+        .because("too many candidate keys"));
     }
     Ok(fit)
 }

@@ -700,9 +700,63 @@ def test_a_malformed_setting_at_server_start_fails_closed(signers):
             assert ei.value.sqlstate == "22023" and "kinde_rls.providers" in ei.value.diag.message_hint
             row = su.execute("SELECT source, last_error FROM jwks_status()").fetchone()
             assert row[0] == "configuration" and "kinde_rls.providers" in row[1], row
+            # Parallel workers replay the leader's settings: queries that have nothing to do with
+            # kinde_rls still run.
+            su.execute("CREATE TABLE many AS SELECT i FROM generate_series(1, 20000) i")
+            for stmt in ["SET max_parallel_workers_per_gather = 2", "SET parallel_setup_cost = 0",
+                         "SET parallel_tuple_cost = 0", "SET min_parallel_table_scan_size = 0",
+                         "SET parallel_leader_participation = off"]:
+                su.execute(stmt)
+            assert "Gather" in "\n".join(r[0] for r in su.execute("EXPLAIN SELECT count(*) FROM many"))
+            assert one(su, "SELECT count(*) FROM many") == 20000
             # Set in a session, the same value is refused at once.
             with pytest.raises(psycopg.Error) as ei:
                 su.execute("SET kinde_rls.providers = '[{\"issuer\": \"x\", \"jwks_urll\": \"https://x/j\"}]'")
             assert ei.value.sqlstate == "22023"
+    finally:
+        c.stop()
+
+
+def test_a_reload_with_a_malformed_setting_fails_closed(signers):
+    """The admin moves from issuer/audience to providers, with a typo, and reloads. Refusing the
+    providers line would keep it unset while the removal of issuer and audience applied — every
+    issuer and audience accepted. It is taken instead, and verification fails with its error,
+    in a session open since before the reload and in a new one."""
+    import json
+    import time
+
+    from kinde import jwks, kinde_access_claims
+
+    keys = jwks(signers["rsa"])
+    c = Cluster("reloadconf", preload=True, conf={"kinde_rls.jwks": f"'{keys}'",
+                                                   "kinde_rls.issuer": "'https://a.example'",
+                                                   "kinde_rls.audience": "'api'"})
+    try:
+        good = signers["rsa"].sign(kinde_access_claims("kp_a", iss="https://a.example", aud=["api"]), "RS256")
+        evil = signers["rsa"].sign(kinde_access_claims("kp_a", iss="https://evil.example", aud=["other"]), "RS256")
+        with c.connect() as before:
+            before.execute("CREATE EXTENSION kinde_rls")
+            assert one(before, "SELECT verify_jwt(%s) ->> 'sub'", (good,)) == "kp_a"
+            conf_path = os.path.join(c.data, "postgresql.conf")
+            lines = [l for l in open(conf_path).read().splitlines()
+                     if not l.startswith(("kinde_rls.issuer", "kinde_rls.audience"))]
+            typo = json.dumps([{"issuer": "https://a.example", "jwks": json.loads(keys), "audiences": ["api"]}])
+            lines.append(f"kinde_rls.providers = '{typo}'")
+            with open(conf_path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            loaded = one(before, "SELECT pg_conf_load_time()")
+            before.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 60
+            while one(before, "SELECT pg_conf_load_time()") == loaded:
+                assert time.monotonic() < deadline, "the session never reloaded"
+                time.sleep(0.05)
+            with c.connect() as after:
+                for conn in (before, after):
+                    assert one(conn, "SHOW kinde_rls.issuer") == ""
+                    for token in (good, evil):
+                        with pytest.raises(psycopg.Error) as ei:
+                            conn.execute("SELECT verify_jwt(%s)", (token,))
+                        assert ei.value.sqlstate == "22023", ei.value
+                        assert "kinde_rls.providers" in ei.value.diag.message_hint
     finally:
         c.stop()
