@@ -117,7 +117,6 @@ unsafe extern "C-unwind" fn request_check(
     extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
 ) -> bool {
-    use pg_sys::GucSource::*;
     let unset = !newval.is_null()
         && !(*newval).is_null()
         && CStr::from_ptr(*newval).to_bytes().trim_ascii() == b"{}";
@@ -127,16 +126,7 @@ unsafe extern "C-unwind" fn request_check(
         && !allow_source(
             newval,
             source,
-            |s| {
-                matches!(
-                    s,
-                    PGC_S_DEFAULT
-                        | PGC_S_DYNAMIC_DEFAULT
-                        | PGC_S_SESSION
-                        | PGC_S_INTERACTIVE
-                        | PGC_S_OVERRIDE
-                )
-            },
+            session_only,
             (
                 c"request settings can only be set in a session: as a role, database, function, server or connection default a token there would be readable by every role and would not be a request's",
                 c"Set them per transaction, as PostgREST, Storage and Realtime do: set_config('request.jwt', $1, true).",
@@ -313,6 +303,17 @@ unsafe extern "C-unwind" fn check_secret(
     )
 }
 
+/// The sources an identity may come from: set in a session (`SET`, `SET LOCAL`,
+/// `set_config()`, a function's `SET` clause) or the built-in default — never a role, database,
+/// function, server or connection default, which outlives `RESET ALL` and `DISCARD ALL`.
+fn session_only(source: pg_sys::GucSource::Type) -> bool {
+    use pg_sys::GucSource::*;
+    matches!(
+        source,
+        PGC_S_DEFAULT | PGC_S_DYNAMIC_DEFAULT | PGC_S_SESSION | PGC_S_INTERACTIVE | PGC_S_OVERRIDE
+    )
+}
+
 /// `kinde_rls.token` is an identity for the current session (or transaction), so it may only be
 /// set in one: `SET`, `SET LOCAL`, `set_config()`. A value stored in a role, database or
 /// function setting (`ALTER ROLE … SET`, readable by every role — and any role may set its own
@@ -326,16 +327,10 @@ unsafe extern "C-unwind" fn check_token(
     _extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
 ) -> bool {
-    use pg_sys::GucSource::*;
     allow_source(
         newval,
         source,
-        |s| {
-            matches!(
-                s,
-                PGC_S_DEFAULT | PGC_S_DYNAMIC_DEFAULT | PGC_S_SESSION | PGC_S_INTERACTIVE | PGC_S_OVERRIDE
-            )
-        },
+        session_only,
         (
             c"kinde_rls.token can only be set in a session: as a role, database, function, server or connection default it would outlive RESET ALL and DISCARD ALL",
             c"Set the token per transaction: SET LOCAL kinde_rls.token = ..., or set_config('kinde_rls.token', $1, true).",
