@@ -417,9 +417,14 @@ impl State {
             guarded(move || {
                 let mut source = jwks::Source::default();
                 let v = if request {
-                    config::identify_configured(token, &config, now, &mut source)?
+                    kinde_rls_core::identify_configured(token, &config, now, &mut source)?
                 } else {
-                    Some(config::verify_configured(token, &config, now, &mut source)?)
+                    Some(kinde_rls_core::verify_configured(
+                        token,
+                        &config,
+                        now,
+                        &mut source,
+                    )?)
                 };
                 Ok((v, source.until))
             })?
@@ -433,7 +438,7 @@ impl State {
         } else {
             i64::MAX
         };
-        let valid_until = verified.exp.saturating_add(config.leeway).min(keys_until);
+        let valid_until = verified.exp.saturating_add(config.leeway()).min(keys_until);
         let id = Rc::new(Identity::from_verified(verified, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
         self.cache.insert(token, id.clone(), cap);
@@ -730,9 +735,9 @@ fn trusted_claims(
     if claims::is_anonymous(&map, &config.anonymous_roles) {
         return Ok((None, i64::MAX));
     }
-    match config::check_trusted_claims(&map, &config, now) {
+    match kinde_rls_core::check_trusted_claims(&map, &config, now) {
         Ok(exp) => {
-            let id = Identity::from_claims(map, text, exp.saturating_add(config.leeway));
+            let id = Identity::from_claims(map, text, exp.saturating_add(config.leeway()));
             let until = id.valid_until;
             Ok((Some(Rc::new(id)), until))
         }

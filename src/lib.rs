@@ -166,7 +166,7 @@ fn verify_jwt_with_key(token: Text, key: Text, algorithm: default!(Text, "'HS256
     };
     let now = identity::now();
     let verified = errors::guarded(move || {
-        kinde_rls_core::verify::verify_expecting(&token, &keys, &policy, now, Some(alg))
+        kinde_rls_core::verify_expecting(&token, &keys, &policy, now, Some(alg))
             .map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
@@ -227,7 +227,7 @@ fn jwt_explain(
     // Bytes that are not UTF-8 are explained too: they fail the format row.
     let token = String::from_utf8_lossy(token.0).trim().to_owned();
     let rows = errors::guarded(move || {
-        Ok(kinde_rls_core::config::explain_configured(
+        Ok(kinde_rls_core::explain_configured(
             &token,
             &config,
             now,
@@ -265,7 +265,7 @@ fn remote_sources() -> Vec<(Option<String>, kinde_rls_core::RemoteSource)> {
 }
 
 fn issuer_label(p: &kinde_rls_core::Provider) -> Option<String> {
-    (!p.issuers.is_empty()).then(|| p.issuers.join(", "))
+    (!p.policy.issuers.is_empty()).then(|| p.policy.issuers.join(", "))
 }
 
 /// Fetch every configured key URL now, whatever the cache holds; returns the number of keys

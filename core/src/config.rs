@@ -1,58 +1,37 @@
-//! From settings to providers, and verification against them.
+//! From settings to providers.
 //!
 //! A provider is one issuer's trust: the `iss` values it answers for, its audiences, its keys
 //! (inline JWKS, an HMAC secret, and/or keys fetched from a URL) and optionally an algorithm
-//! allow-list. A token's `iss` selects its provider, so one provider's keys never verify another
-//! provider's tokens. `kinde_rls.providers` lists providers explicitly; otherwise the
-//! single-provider settings (`domain`, `issuer`, `audience`, `jwks`, `jwks_url`, `secret`)
-//! describe one.
+//! allow-list. A token's `iss` selects its provider ([`crate::pipeline::pick_provider`]), so one
+//! provider's keys never verify another provider's tokens. `kinde_rls.providers` lists
+//! providers explicitly (parsed by serde into [`ProviderEntry`]); otherwise the single-provider
+//! settings (`domain`, `issuer`, `audience`, `jwks`, `jwks_url`, `secret`) describe one.
 
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
-use std::rc::Rc;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
-use crate::error::{quote, Check, ConfigError, Error, Refusal};
+use crate::error::{quote, ConfigError};
+use crate::fetch::RemoteSource;
 use crate::keys::{parse_algorithm, parse_jwks, Ignored, Key, KeySet};
-use crate::token::parse;
-use crate::verify::{self, split_list, ExplainRow, Policy, Verified};
-
-/// Where a provider's keys are fetched from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RemoteSource {
-    /// A JWKS URL.
-    Jwks(String),
-    /// An OIDC issuer: `jwks_uri` from `<domain>/.well-known/openid-configuration`, falling back
-    /// to `<domain>/.well-known/jwks` (Kinde's path).
-    Discovery(String),
-}
-
-impl RemoteSource {
-    /// The cache key and the name shown in `jwks_status()`.
-    pub fn label(&self) -> &str {
-        match self {
-            RemoteSource::Jwks(u) | RemoteSource::Discovery(u) => u,
-        }
-    }
-}
+use crate::rules::{split_list, Policy};
 
 #[derive(Debug, Clone)]
 pub struct Provider {
-    /// Accepted `iss` values; empty (single-provider mode without `kinde_rls.issuer`) means any.
-    pub issuers: Vec<String>,
-    pub audiences: Vec<String>,
+    /// Its rules: accepted `iss` values (empty in single-provider mode without
+    /// `kinde_rls.issuer`: any), audiences, leeway and the `sub` rule.
+    pub policy: Policy,
     /// Keys known without fetching: an inline JWKS and/or an HMAC secret.
     pub keys: Vec<Key>,
     /// Keys of the inline JWKS that cannot be used, and why.
     pub ignored: Vec<Ignored>,
     pub remote: Option<RemoteSource>,
     pub algorithms: Option<Vec<Algorithm>>,
-    /// Issuers, audiences, leeway and `sub` rule together, as the checks take them.
-    pub policy: Policy,
 }
 
 impl Provider {
     pub fn name(&self) -> String {
-        match self.issuers.first() {
+        match self.policy.issuers.first() {
             Some(i) => i.clone(),
             None => "(any issuer)".into(),
         }
@@ -62,10 +41,10 @@ impl Provider {
     /// the issuer made for any other application or API of the same account is accepted too
     /// (RFC 8725 §3.9).
     pub fn audience_warning(&self) -> Option<String> {
-        self.audiences.is_empty().then(|| {
+        self.policy.audiences.is_empty().then(|| {
             format!(
                 "no audience is configured: tokens {} issues for any application or API are accepted; set kinde_rls.audience (or the provider's audience)",
-                if self.issuers.is_empty() {
+                if self.policy.issuers.is_empty() {
                     "any issuer".to_string()
                 } else {
                     quote(&self.name())
@@ -97,16 +76,18 @@ pub struct Settings<'a> {
 /// Everything verification needs, built once per settings generation.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// At least one.
     pub providers: Vec<Provider>,
-    pub leeway: i64,
-    pub require_sub: bool,
+    /// The rules every provider shares (leeway, the `sub` rule), with no issuer or audience:
+    /// what `jwt_explain()` judges claims by when no provider accepts the token's issuer.
+    pub defaults: Policy,
     /// `role` values that mark an anonymous credential ([`crate::claims::is_anonymous`]).
     pub anonymous_roles: Vec<String>,
 }
 
 /// An HMAC key from a setting, through the one rule for secrets ([`crate::keys::check_hmac_secret`]).
 fn hmac_key(secret: &str, setting: &str) -> Result<Key, ConfigError> {
-    crate::keys::hmac_key(secret, 32).map_err(|p| {
+    crate::keys::hmac_key(secret, crate::keys::MIN_HMAC_BYTES).map_err(|p| {
         ConfigError::new(
             setting,
             p.describe(setting),
@@ -141,25 +122,26 @@ pub fn normalize_domain(domain: &str) -> String {
 impl Config {
     /// Build from settings. Errors name the setting and say how to fix it.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
-        let providers = match s.providers.filter(|p| !p.trim().is_empty()) {
-            Some(text) => parse_providers(text)?,
-            None => vec![single_provider(s)?],
-        };
-        let mut providers = providers;
-        for p in providers.iter_mut() {
-            p.policy = Policy {
-                issuers: p.issuers.clone(),
-                audiences: p.audiences.clone(),
-                leeway: s.leeway,
-                require_sub: s.require_sub,
-            };
-        }
-        Ok(Config {
-            providers,
+        let defaults = Policy {
+            issuers: vec![],
+            audiences: vec![],
             leeway: s.leeway,
             require_sub: s.require_sub,
+        };
+        let providers = match s.providers.filter(|p| !p.trim().is_empty()) {
+            Some(text) => parse_providers(text, &defaults)?,
+            None => vec![single_provider(s, &defaults)?],
+        };
+        Ok(Config {
+            providers,
+            defaults,
             anonymous_roles: split_list(s.anonymous_roles),
         })
+    }
+
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub fn leeway(&self) -> i64 {
+        self.defaults.leeway
     }
 
     pub fn has_keys(&self) -> bool {
@@ -176,48 +158,6 @@ impl Config {
             "Set kinde_rls.domain (your Kinde domain), kinde_rls.jwks_url, kinde_rls.jwks or kinde_rls.secret as a superuser.",
         )
     }
-
-    /// The rules for a provider's tokens (built once, with the configuration).
-    pub fn policy<'a>(&'a self, p: &'a Provider) -> &'a Policy {
-        &p.policy
-    }
-
-    /// The provider for a token's `iss`.
-    pub fn provider_for(&self, claims: &Map<String, Value>) -> Result<&Provider, Refusal> {
-        let iss = match claims.get("iss") {
-            None => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return Err(Refusal::new(Check::Iss, "claim iss is not a string")),
-        };
-        if let Some(p) = self.providers.iter().find(|p| p.issuers.is_empty()) {
-            return Ok(p);
-        }
-        if let Some(i) = iss {
-            if let Some(p) = self
-                .providers
-                .iter()
-                .find(|p| p.issuers.iter().any(|x| x == i))
-            {
-                return Ok(p);
-            }
-        }
-        let accepted: Vec<String> = self
-            .providers
-            .iter()
-            .flat_map(|p| p.issuers.iter())
-            .map(|s| quote(s))
-            .collect();
-        Err(Refusal::new(
-            Check::Iss,
-            match iss {
-                Some(i) => format!("iss is {}; accepted: {}", quote(i), accepted.join(", ")),
-                None => format!(
-                    "the token has no iss claim; accepted: {}",
-                    accepted.join(", ")
-                ),
-            },
-        ))
-    }
 }
 
 /// Judge one setting's value alone, as verification would read it, so that a mistake is refused
@@ -227,9 +167,9 @@ pub fn validate_setting(setting: &str, value: &str) -> Result<(), ConfigError> {
     if value.trim().is_empty() {
         return Ok(());
     }
-    let one = |s: Settings| single_provider(&s).map(|_| ());
+    let one = |s: Settings| single_provider(&s, &Policy::default()).map(|_| ());
     match setting {
-        "kinde_rls.providers" => parse_providers(value).map(|_| ()),
+        "kinde_rls.providers" => parse_providers(value, &Policy::default()).map(|_| ()),
         "kinde_rls.jwks" => one(Settings {
             jwks: Some(value),
             ..Default::default()
@@ -263,7 +203,7 @@ pub fn check_secret_path(path: &str) -> Result<(), ConfigError> {
     ))
 }
 
-fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
+fn single_provider(s: &Settings, defaults: &Policy) -> Result<Provider, ConfigError> {
     let mut set = KeySet::default();
     if let Some(jwks) = s.jwks.filter(|j| !j.trim().is_empty()) {
         set = parse_jwks(jwks, false).map_err(|e| {
@@ -300,14 +240,68 @@ fn single_provider(s: &Settings) -> Result<Provider, ConfigError> {
         }
     }
     Ok(Provider {
-        issuers,
-        audiences: split_list(s.audience),
+        policy: Policy {
+            issuers,
+            audiences: split_list(s.audience),
+            ..defaults.clone()
+        },
         keys,
         ignored,
         remote,
         algorithms: None,
-        policy: Policy::default(),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// kinde_rls.providers
+
+/// One entry of `kinde_rls.providers`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// Required unless `domain` is given (which is then the issuer).
+    pub issuer: Option<String>,
+    /// An OIDC issuer whose keys are discovered.
+    pub domain: Option<String>,
+    pub jwks_url: Option<String>,
+    /// An inline JWKS object.
+    pub jwks: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub audience: Strings,
+    pub algorithms: Option<Strings>,
+}
+
+/// A string or an array of strings (`null` is none).
+#[derive(Debug, Default)]
+pub struct Strings(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Strings, E> {
+                Ok(Strings(vec![s.to_string()]))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Strings, E> {
+                Ok(Strings(vec![]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Strings, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = a.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(Strings(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn providers_error(msg: String) -> ConfigError {
@@ -318,424 +312,101 @@ fn providers_error(msg: String) -> ConfigError {
     )
 }
 
-fn string_list(v: Option<&Value>, what: &str) -> Result<Vec<String>, String> {
-    match v {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| format!("{what} must hold strings"))
-            })
-            .collect(),
-        Some(_) => Err(format!("{what} must be a string or an array of strings")),
-    }
-}
-
-fn parse_providers(text: &str) -> Result<Vec<Provider>, ConfigError> {
-    let doc: Value =
-        serde_json::from_str(text).map_err(|e| providers_error(format!("not valid JSON ({e})")))?;
-    let list = doc
-        .as_array()
-        .ok_or_else(|| providers_error("it must be a JSON array".into()))?;
+fn parse_providers(text: &str, defaults: &Policy) -> Result<Vec<Provider>, ConfigError> {
+    let list: Vec<Value> = serde_json::from_str(text).map_err(|e| {
+        providers_error(if e.is_data() {
+            "it must be a JSON array of objects".into()
+        } else {
+            format!("not valid JSON ({e})")
+        })
+    })?;
     if list.is_empty() {
         return Err(providers_error("the array is empty".into()));
     }
     let mut out: Vec<Provider> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let n = i + 1;
-        let err = |m: String| providers_error(format!("provider #{n}: {m}"));
-        let o = item
-            .as_object()
-            .ok_or_else(|| err("must be an object".into()))?;
-        for k in o.keys() {
-            if ![
-                "issuer",
-                "jwks_url",
-                "jwks",
-                "domain",
-                "audience",
-                "algorithms",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(err(format!(
-                    "unknown member {}{}",
-                    quote(k),
-                    if k == "secret" {
-                        " (secrets do not belong in a readable setting; use kinde_rls.secret_file with the single-provider settings)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
+        let err = |m: String| providers_error(format!("provider #{}: {m}", i + 1));
+        let entry = ProviderEntry::deserialize(item).map_err(|e| {
+            let e = e.to_string();
+            err(if e.starts_with("unknown field `secret`") {
+                format!("{e} (secrets do not belong in a readable setting; use kinde_rls.secret_file with the single-provider settings)")
+            } else {
+                e
+            })
+        })?;
+        let provider = entry.into_provider(defaults).map_err(err)?;
+        if out
+            .iter()
+            .any(|p| p.policy.issuers == provider.policy.issuers)
+        {
+            return Err(err(format!(
+                "issuer {} is listed twice",
+                quote(&provider.name())
+            )));
         }
-        let domain = match o.get("domain") {
-            None => None,
-            Some(Value::String(d)) => Some(normalize_domain(d)),
-            Some(_) => return Err(err("domain must be a string".into())),
-        };
-        let issuer = match (o.get("issuer"), &domain) {
-            (Some(Value::String(s)), _) if !s.is_empty() => s.clone(),
-            (None, Some(d)) => d.clone(),
-            _ => return Err(err("issuer (a non-empty string) is required".into())),
-        };
-        if out.iter().any(|p| p.issuers.contains(&issuer)) {
-            return Err(err(format!("issuer {} is listed twice", quote(&issuer))));
-        }
-        let KeySet { keys, ignored } = match o.get("jwks") {
-            None | Some(Value::Null) => KeySet::default(),
-            Some(v @ Value::Object(_)) => {
-                parse_jwks(&v.to_string(), false).map_err(|e| err(format!("jwks: {e}")))?
-            }
-            Some(_) => return Err(err("jwks must be a JWKS object".into())),
-        };
-        let remote = match (o.get("jwks_url"), &domain) {
-            (Some(Value::String(u)), _) => {
-                crate::fetch::url_allowed(u).map_err(|e| err(format!("jwks_url: {e}")))?;
-                Some(RemoteSource::Jwks(u.clone()))
-            }
-            (Some(_), _) => return Err(err("jwks_url must be a string".into())),
-            (None, Some(d)) => {
-                crate::fetch::url_allowed(d).map_err(|e| err(format!("domain: {e}")))?;
-                Some(RemoteSource::Discovery(d.clone()))
-            }
-            (None, None) => None,
-        };
-        if keys.is_empty() && remote.is_none() {
-            return Err(err("needs keys: jwks_url, domain or jwks".into()));
-        }
-        let audiences = string_list(o.get("audience"), "audience").map_err(err)?;
-        let algorithms = match o.get("algorithms") {
-            None | Some(Value::Null) => None,
-            v => Some(
-                string_list(v, "algorithms")
-                    .map_err(err)?
-                    .iter()
-                    .map(|a| parse_algorithm(a).map_err(&err))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
-        out.push(Provider {
-            issuers: vec![issuer],
-            audiences,
-            keys,
-            ignored,
-            remote,
-            algorithms,
-            policy: Policy::default(),
-        });
+        out.push(provider);
     }
     Ok(out)
 }
 
-/// Keys that live behind a URL. The extension implements this with its caches (per backend or
-/// in shared memory); tests implement it with a map.
-pub trait KeySource {
-    /// The keys for `src`, fetching them if nothing usable is cached.
-    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<KeySet>, String>;
-    /// A token named a `kid` we do not know: refetch if the rate limit allows; `None` if not.
-    fn refresh_for_unknown_kid(&mut self, src: &RemoteSource) -> Option<Rc<KeySet>>;
-}
-
-/// A source with nothing behind it.
-pub struct NoRemote;
-
-impl KeySource for NoRemote {
-    fn keys(&mut self, src: &RemoteSource) -> Result<Rc<KeySet>, String> {
-        Err(format!("keys from {} are not available here", src.label()))
-    }
-    fn refresh_for_unknown_kid(&mut self, _: &RemoteSource) -> Option<Rc<KeySet>> {
-        None
-    }
-}
-
-fn no_keys_refusal(p: &Provider, fetch_error: Option<&str>) -> Refusal {
-    match (fetch_error, &p.remote) {
-        (Some(e), Some(src)) => Refusal::new(
-            Check::Key,
-            format!(
-                "the keys of {} could not be fetched from {}: {e}",
-                quote(&p.name()),
-                src.label()
-            ),
-        )
-        .because("the issuer's keys are unavailable"),
-        _ => Refusal::new(Check::Key, "no verification key is configured")
-            .because("no key configured"),
-    }
-}
-
-fn check_provider_algorithm(p: &Provider, alg: Algorithm) -> Result<(), Refusal> {
-    match &p.algorithms {
-        Some(allowed) if !allowed.contains(&alg) => Err(Refusal::new(
-            Check::Algorithm,
-            format!(
-                "provider {} accepts only {}",
-                quote(&p.name()),
-                allowed
+impl ProviderEntry {
+    fn into_provider(self, defaults: &Policy) -> Result<Provider, String> {
+        let domain = self.domain.as_deref().map(normalize_domain);
+        let issuer = match (self.issuer, &domain) {
+            (Some(s), _) if !s.is_empty() => s,
+            (None, Some(d)) => d.clone(),
+            _ => return Err("issuer (a non-empty string) is required".into()),
+        };
+        let KeySet { keys, ignored } = match self.jwks {
+            None => KeySet::default(),
+            Some(m) => parse_jwks(&Value::Object(m).to_string(), false)
+                .map_err(|e| format!("jwks: {e}"))?,
+        };
+        let remote = match (self.jwks_url, domain) {
+            (Some(u), _) => {
+                crate::fetch::url_allowed(&u).map_err(|e| format!("jwks_url: {e}"))?;
+                Some(RemoteSource::Jwks(u))
+            }
+            (None, Some(d)) => {
+                crate::fetch::url_allowed(&d).map_err(|e| format!("domain: {e}"))?;
+                Some(RemoteSource::Discovery(d))
+            }
+            (None, None) => None,
+        };
+        if keys.is_empty() && remote.is_none() {
+            return Err("needs keys: jwks_url, domain or jwks".into());
+        }
+        let algorithms = match self.algorithms {
+            None => None,
+            Some(Strings(names)) => Some(
+                names
                     .iter()
-                    .map(|a| crate::keys::algorithm_name(*a))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                    .map(|a| parse_algorithm(a))
+                    .collect::<Result<Vec<_>, _>>()?,
             ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A refusal for a `kid` the provider's keys do not have says so plainly when the key set held
-/// that `kid` but ignored it (a weak, malformed or private key): the issuer's problem, not
-/// the token's.
-fn with_ignored(r: Refusal, p: &Provider, fetched: Option<&KeySet>, kid: Option<&str>) -> Refusal {
-    let Some(kid) = kid.filter(|_| r.check == Check::Key) else {
-        return r;
-    };
-    let found = crate::keys::ignored_kid(&p.ignored, kid)
-        .map(|i| (i, "configured keys".to_string()))
-        .or_else(|| {
-            let src = p.remote.as_ref()?;
-            Some((fetched?.ignored_kid(kid)?, src.label().to_string()))
-        });
-    match found {
-        Some((i, from)) => Refusal::new(
-            Check::Key,
-            format!(
-                "the key with kid {} in the key set of {} ({from}) is ignored: {}",
-                quote(kid),
-                quote(&p.name()),
-                i.reason
-            ),
-        )
-        .because("the key with this kid is unusable"),
-        None => r,
-    }
-}
-
-/// Run `f` on the provider's candidate keys for this token: its own keys plus the fetched set,
-/// borrowed, not copied. When the token names a `kid` nobody has, the issuer may have rotated
-/// its keys: refetch once (rate-limited by the source) and select again.
-fn with_candidates<T>(
-    p: &Provider,
-    kid: Option<&str>,
-    alg: Algorithm,
-    source: &mut dyn KeySource,
-    f: impl FnOnce(&[&Key]) -> Result<T, Refusal>,
-) -> Result<T, Refusal> {
-    check_provider_algorithm(p, alg)?;
-    let (remote, fetch_error) = match &p.remote {
-        Some(src) => match source.keys(src) {
-            Ok(k) => (Some(k), None),
-            Err(e) => (None, Some(e)),
-        },
-        None => (None, None),
-    };
-    let refs: Vec<&Key> = p
-        .keys
-        .iter()
-        .chain(remote.iter().flat_map(|r| r.keys.iter()))
-        .collect();
-    if refs.is_empty() {
-        return Err(no_keys_refusal(p, fetch_error.as_deref()));
-    }
-    match verify::select_key_refs(&refs, alg, kid) {
-        Ok(candidates) => f(&candidates),
-        Err(r) if r.check == Check::Key && kid.is_some() => {
-            let Some(src) = &p.remote else {
-                return Err(with_ignored(r, p, None, kid));
-            };
-            let Some(fresh) = source.refresh_for_unknown_kid(src) else {
-                return Err(with_ignored(r, p, remote.as_deref(), kid));
-            };
-            let refs: Vec<&Key> = p.keys.iter().chain(fresh.keys.iter()).collect();
-            match verify::select_key_refs(&refs, alg, kid) {
-                Ok(candidates) => f(&candidates),
-                Err(r) => Err(with_ignored(r, p, Some(&fresh), kid)),
-            }
-        }
-        Err(r) => Err(r),
-    }
-}
-
-/// Verify a token against the configuration.
-pub fn verify_configured(
-    token: &str,
-    config: &Config,
-    now: i64,
-    source: &mut dyn KeySource,
-) -> Result<Verified, Error> {
-    if !config.has_keys() {
-        return Err(Config::no_keys_error().into());
-    }
-    verify_parsed(parse(token)?, config, now, source)
-}
-
-/// A request's token: `None` for an anonymous credential (no `sub`, a `role` in
-/// `config.anonymous_roles`: [`crate::claims::is_anonymous`]), whether or not it would
-/// verify; else the token verified as by [`verify_configured`]. The token is parsed once; only
-/// a token that does not parse is decoded again, to see whether it is anonymous all the same.
-pub fn identify_configured(
-    token: &str,
-    config: &Config,
-    now: i64,
-    source: &mut dyn KeySource,
-) -> Result<Option<Verified>, Error> {
-    let p = match parse(token) {
-        Ok(p) => p,
-        Err(_) if crate::token::is_anonymous(token, &config.anonymous_roles) => return Ok(None),
-        Err(r) => return Err(r.into()),
-    };
-    if crate::claims::is_anonymous(&p.payload, &config.anonymous_roles) {
-        return Ok(None);
-    }
-    if !config.has_keys() {
-        return Err(Config::no_keys_error().into());
-    }
-    verify_parsed(p, config, now, source).map(Some)
-}
-
-fn verify_parsed(
-    p: crate::token::Parsed<'_>,
-    config: &Config,
-    now: i64,
-    source: &mut dyn KeySource,
-) -> Result<Verified, Error> {
-    let alg = verify::check_algorithm(&p)?;
-    let provider = config.provider_for(&p.payload)?;
-    with_candidates(provider, p.kid.as_deref(), alg, source, |candidates| {
-        verify::check_signature(&p, alg, candidates).map(|_| ())
-    })?;
-    let exp = verify::check_claims(&p.payload, config.policy(provider), now)?;
-    Ok(Verified {
-        header: p.header,
-        registered: p.payload,
-        payload: p.payload_json,
-        exp,
-    })
-}
-
-/// Check claims that a party the superuser trusts has verified (`request.jwt.claims` with
-/// `kinde_rls.trust_request_claims` on): every claim rule a token of the same issuer must pass
-/// (`exp` with leeway, `nbf`, `iss`, `aud`, `sub`), without a signature. Returns `exp`.
-pub fn check_trusted_claims(
-    claims: &Map<String, Value>,
-    config: &Config,
-    now: i64,
-) -> Result<i64, Refusal> {
-    let provider = config.provider_for(claims)?;
-    verify::check_claims(claims, config.policy(provider), now)
-}
-
-/// `jwt_explain()` against the configuration: which provider and key matched, or why none did.
-pub fn explain_configured(
-    token: &str,
-    config: &Config,
-    now: i64,
-    source: &mut dyn KeySource,
-) -> Vec<ExplainRow> {
-    let any = Policy {
-        issuers: vec![],
-        audiences: vec![],
-        leeway: config.leeway,
-        require_sub: config.require_sub,
-    };
-    let parsed = match parse(token) {
-        Ok(p) => p,
-        Err(_) => return verify::explain(token, &[], &any, now),
-    };
-    let provider = match config.provider_for(&parsed.payload) {
-        Ok(p) => p,
-        // One provider: explain the whole token against it; its iss row says what is wrong.
-        Err(_) if config.providers.len() == 1 => &config.providers[0],
-        Err(r) => {
-            let mut rows = verify::explain(token, &[], &any, now);
-            for row in rows.iter_mut() {
-                match row.check {
-                    Check::Key => {
-                        row.ok = None;
-                        row.detail = "not checked: no provider accepts this issuer".into();
-                    }
-                    Check::Signature => {
-                        row.ok = None;
-                        row.detail = "not checked: no provider".into();
-                    }
-                    Check::Iss => {
-                        row.ok = Some(false);
-                        row.detail = r.detail.clone();
-                    }
-                    _ => {}
-                }
-            }
-            return rows;
-        }
-    };
-    let keys = verify::check_algorithm(&parsed).and_then(|alg| {
-        with_candidates(provider, parsed.kid.as_deref(), alg, source, |c| {
-            Ok(c.iter().map(|k| (*k).clone()).collect::<Vec<Key>>())
+        };
+        Ok(Provider {
+            policy: Policy {
+                issuers: vec![issuer],
+                audiences: self.audience.0,
+                ..defaults.clone()
+            },
+            keys,
+            ignored,
+            remote,
+            algorithms,
         })
-    });
-    let policy = config.policy(provider);
-    let label = match &provider.remote {
-        Some(src) => format!(
-            "provider {} (keys from {})",
-            quote(&provider.name()),
-            src.label()
-        ),
-        None => format!("provider {}", quote(&provider.name())),
-    };
-    let mut rows = match &keys {
-        Ok(k) => verify::explain(token, k, policy, now),
-        Err(_) => verify::explain(token, &[], policy, now),
-    };
-    // The keys of the provider's sets that are ignored, and why: a token that does verify may
-    // still come from a set that needs the issuer's attention.
-    let fetched = provider
-        .remote
-        .as_ref()
-        .and_then(|src| source.keys(src).ok());
-    let ignored: Vec<String> = provider
-        .ignored
-        .iter()
-        .chain(fetched.iter().flat_map(|set| set.ignored.iter()))
-        .map(ToString::to_string)
-        .collect();
-    let ignored_note = match ignored.len() {
-        0 => String::new(),
-        n if n <= 3 => format!("; ignored in the key set: {}", ignored.join("; ")),
-        n => format!(
-            "; ignored in the key set: {}; and {} more (see jwks_status())",
-            ignored[..3].join("; "),
-            n - 3
-        ),
-    };
-    for row in rows.iter_mut() {
-        if row.check == Check::Key {
-            match &keys {
-                Ok(_) => row.detail = format!("{label}: {}{ignored_note}", row.detail),
-                Err(r) if r.check == Check::Key => {
-                    row.ok = Some(false);
-                    row.detail = format!("{label}: {}", r.detail);
-                }
-                Err(_) => row.detail = format!("{label}: {}{ignored_note}", row.detail),
-            }
-        }
-        if row.check == Check::Algorithm {
-            if let Err(r) = &keys {
-                if r.check == Check::Algorithm {
-                    row.ok = Some(false);
-                    row.detail = r.detail.clone();
-                }
-            }
-        }
     }
-    rows
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{Check, Error};
+    use crate::pipeline::{
+        check_trusted_claims, identify_configured, pick_provider, verify_configured, NoRemote,
+    };
+    use serde_json::Map;
 
     fn settings() -> Settings<'static> {
         Settings {
@@ -906,7 +577,10 @@ mod tests {
             ..settings()
         };
         let c = Config::from_settings(&s).unwrap();
-        assert_eq!(c.providers[0].issuers, vec!["https://acme.kinde.com"]);
+        assert_eq!(
+            c.providers[0].policy.issuers,
+            vec!["https://acme.kinde.com"]
+        );
         assert_eq!(
             c.providers[0].remote,
             Some(RemoteSource::Discovery("https://acme.kinde.com".into()))
@@ -952,18 +626,18 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.providers.len(), 2);
-        assert_eq!(c.providers[0].audiences, vec!["api"]);
+        assert_eq!(c.providers[0].policy.audiences, vec!["api"]);
         assert_eq!(c.providers[0].algorithms, Some(vec![Algorithm::RS256]));
-        assert_eq!(c.providers[1].issuers, vec!["https://b.kinde.com"]);
+        assert_eq!(c.providers[1].policy.issuers, vec!["https://b.kinde.com"]);
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"iss":"https://b.kinde.com"}"#).unwrap();
         assert_eq!(
-            c.provider_for(&claims).unwrap().issuers[0],
+            pick_provider(&c, &claims).unwrap().policy.issuers[0],
             "https://b.kinde.com"
         );
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"iss":"https://c.example"}"#).unwrap();
-        assert_eq!(c.provider_for(&claims).unwrap_err().check, Check::Iss);
+        assert_eq!(pick_provider(&c, &claims).unwrap_err().check, Check::Iss);
     }
 
     #[test]

@@ -190,7 +190,8 @@ mod tests {
 
     #[test]
     fn a_reason_says_more_than_the_check() {
-        use crate::verify::{check_exp, select_keys, Policy};
+        use crate::pipeline::select_keys;
+        use crate::rules::{check_exp, Policy};
         let no_exp = check_exp(&serde_json::Map::new(), &Policy::default(), 0).unwrap_err();
         assert_eq!(
             no_exp.message(),
@@ -199,7 +200,8 @@ mod tests {
         let k = crate::token::b64_encode(&[7u8; 32]);
         let set = crate::keys::parse_jwks(&format!(r#"{{"kty":"oct","k":"{k}","kid":"a"}}"#), true)
             .unwrap();
-        let e = select_keys(&set.keys, jsonwebtoken::Algorithm::HS256, Some("nope")).unwrap_err();
+        let refs: Vec<&crate::Key> = set.keys.iter().collect();
+        let e = select_keys(&refs, jsonwebtoken::Algorithm::HS256, Some("nope")).unwrap_err();
         assert_eq!(
             e.message(),
             "JWT refused: key check failed (no key with this kid)"

@@ -13,13 +13,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::RemoteSource;
 use crate::keys::parse_jwks;
 
 /// Largest response body read, in bytes. A JWKS with ten RSA-4096 keys is under 10 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Redirects followed per request.
 pub const MAX_REDIRECTS: usize = 3;
+
+/// Where a provider's keys are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteSource {
+    /// A JWKS URL.
+    Jwks(String),
+    /// An OIDC issuer: `jwks_uri` from `<domain>/.well-known/openid-configuration`, falling back
+    /// to `<domain>/.well-known/jwks` (Kinde's path).
+    Discovery(String),
+}
+
+impl RemoteSource {
+    /// The cache key and the name shown in `jwks_status()`.
+    pub fn label(&self) -> &str {
+        match self {
+            RemoteSource::Jwks(u) | RemoteSource::Discovery(u) => u,
+        }
+    }
+}
 
 /// Is this URL one we may fetch keys from?
 pub fn url_allowed(url: &str) -> Result<(), String> {

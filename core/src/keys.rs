@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::{Map, Value};
 use std::str::FromStr;
 
-use crate::error::quote;
+use crate::error::{quote, ConfigError};
 use crate::token::b64_decode;
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3 requires 2048 bits).
@@ -81,13 +81,24 @@ pub fn algorithm_name(alg: Algorithm) -> &'static str {
     }
 }
 
-/// Minimum HMAC secret length for an algorithm: the hash output size (RFC 7518 §3.2).
+/// Minimum HMAC secret length when the algorithm is not known yet (a configured secret serves
+/// any HMAC algorithm): HS256's.
+pub const MIN_HMAC_BYTES: usize = 32;
+
+/// Minimum HMAC secret length for an algorithm: the hash output size (RFC 7518 §3.2). The one
+/// home of the rule: settings, explicit keys, `sign_jwt` and key selection all ask here.
 pub fn min_hmac_bytes(alg: Algorithm) -> usize {
     match alg {
         Algorithm::HS384 => 48,
         Algorithm::HS512 => 64,
-        _ => 32,
+        _ => MIN_HMAC_BYTES,
     }
+}
+
+/// Is this text a PEM block (`-----BEGIN …`)? Such text is read as a public key, never as a
+/// secret.
+pub fn is_pem(text: &str) -> bool {
+    text.trim_start().starts_with("-----BEGIN")
 }
 
 /// One verification key.
@@ -131,7 +142,12 @@ impl Key {
     pub fn fits(&self, alg: Algorithm) -> bool {
         self.kind.algorithms().contains(&alg)
             && self.alg.is_none_or(|pinned| pinned == alg)
-            && (self.kind != KeyKind::Hmac || self.bits / 8 >= min_hmac_bytes(alg))
+            && !self.too_short_for(alg)
+    }
+
+    /// An HMAC secret shorter than `alg`'s hash ([`min_hmac_bytes`]).
+    fn too_short_for(&self, alg: Algorithm) -> bool {
+        self.kind == KeyKind::Hmac && self.bits / 8 < min_hmac_bytes(alg)
     }
 
     pub fn permits(&self, alg: Algorithm) -> Result<(), String> {
@@ -154,7 +170,7 @@ impl Key {
                 ));
             }
         }
-        if self.kind == KeyKind::Hmac && self.bits / 8 < min_hmac_bytes(alg) {
+        if self.too_short_for(alg) {
             // Never say how long the secret is: that narrows a brute-force search.
             return Err(format!(
                 "{} needs a secret of at least {} bytes; the configured secret is shorter",
@@ -811,6 +827,72 @@ pub fn check_hmac_secret(secret: &str, min_bytes: usize) -> Result<(), SecretPro
 pub fn hmac_key(secret: &str, min_bytes: usize) -> Result<Key, SecretProblem> {
     check_hmac_secret(secret, min_bytes)?;
     Ok(Key::hmac(secret.as_bytes()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explicit keys: verify_jwt(token, key, algorithm)
+
+/// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
+/// secret (which passes [`keys::check_hmac_secret`], like every secret). `algorithm` must fit
+/// the key: a PEM or JWK is never used as an HMAC secret.
+pub fn explicit_keys(
+    key: &str,
+    algorithm: &str,
+) -> Result<(Vec<Key>, jsonwebtoken::Algorithm), ConfigError> {
+    let alg = parse_algorithm(algorithm).map_err(|e| {
+        ConfigError::new(
+            "algorithm",
+            e,
+            "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.",
+        )
+    })?;
+    let bad_key = |m: String| {
+        ConfigError::new(
+            "key",
+            m,
+            "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.",
+        )
+    };
+    let t = key.trim_start();
+    let list = if is_pem(t) {
+        vec![key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
+    } else if t.starts_with('{') {
+        parse_jwks(key, true)
+            .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?
+            .keys
+    } else if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+        vec![hmac_key(key, min_hmac_bytes(alg)).map_err(|p| {
+            ConfigError::new(
+                "key",
+                p.describe("the key"),
+                "Pass the full HMAC secret as key, or a public key (PEM, JWK) with the algorithm that fits it.",
+            )
+        })?]
+    } else {
+        // Not PEM, not JSON, and the algorithm is not HMAC: whatever it is, it is not a key for
+        // this algorithm, and it is never taken as a secret.
+        return Err(ConfigError::new(
+            "algorithm",
+            format!(
+                "{} needs a public key (PEM or JWK), and the key is neither",
+                algorithm_name(alg)
+            ),
+            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
+        ));
+    };
+    if let Some(reason) = list
+        .iter()
+        .map(|k| k.permits(alg))
+        .find_map(Result::err)
+        .filter(|_| list.iter().all(|k| k.permits(alg).is_err()))
+    {
+        return Err(ConfigError::new(
+            "algorithm",
+            reason,
+            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
+        ));
+    }
+    Ok((list, alg))
 }
 
 #[cfg(test)]
