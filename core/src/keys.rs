@@ -5,7 +5,8 @@
 //! algorithm-confusion attack. A JWK's `alg`, when present, pins the key to that one algorithm.
 
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use std::str::FromStr;
 
 use crate::error::{quote, ConfigError};
@@ -292,16 +293,8 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
     Err("not a PEM public key of a supported type (RSA, EC P-256/P-384, Ed25519)".into())
 }
 
-fn jwk_str<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
-    match jwk.get(name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(format!("member {name} is not a string")),
-        None => Err(format!("member {name} is missing")),
-    }
-}
-
-fn jwk_bytes(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    b64_decode(jwk_str(jwk, name)?, name).map_err(|r| r.detail)
+fn b64_member(value: &str, name: &str) -> Result<Vec<u8>, String> {
+    b64_decode(value, name).map_err(|r| r.detail)
 }
 
 /// An EC public key must be a point on its curve: an off-curve point (invalid-curve attacks,
@@ -322,76 +315,100 @@ fn check_ec_point(kind: KeyKind, point: &[u8]) -> Result<(), String> {
 /// its private half: it is never used.
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth"];
 
+/// A JWK as published (RFC 7517 §4): what it may be used for, and its key material by `kty`.
+/// Members it does not name (`x5c`, `x5t`, `n`'s siblings of other types…) are ignored.
+#[derive(Debug, Deserialize)]
+struct Jwk {
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    purpose: Option<String>,
+    key_ops: Option<Vec<String>>,
+    #[serde(flatten)]
+    material: Material,
+}
+
+/// The key material of each key type (RFC 7518 §6, RFC 8037 §2).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kty")]
+enum Material {
+    #[serde(rename = "RSA")]
+    Rsa { n: String, e: String },
+    #[serde(rename = "EC")]
+    Ec { crv: String, x: String, y: String },
+    #[serde(rename = "OKP")]
+    Okp { crv: String, x: String },
+    #[serde(rename = "oct")]
+    Oct { k: String },
+}
+
+/// serde's words for a JWK that does not fit [`Jwk`], in the words of the rest of this module.
+fn jwk_shape_error(e: serde_json::Error) -> String {
+    let e = e.to_string();
+    if let Some(rest) = e.strip_prefix("missing field `") {
+        return format!("member {} is missing", rest.split('`').next().unwrap_or(""));
+    }
+    if let Some(rest) = e.strip_prefix("unknown variant `") {
+        return format!(
+            "key type {} is not supported",
+            quote(rest.split('`').next().unwrap_or(""))
+        );
+    }
+    format!("a member does not have the type RFC 7517 gives it ({e})")
+}
+
 /// Does the JWK say it may verify signatures? `use` (RFC 7517 §4.2) must be `sig` when present,
 /// and `key_ops` (§4.3) must list `verify` when present; both present must agree.
-fn check_jwk_purpose(jwk: &Map<String, Value>) -> Result<(), String> {
-    match jwk.get("use") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(u)) if u == "sig" => {}
-        Some(Value::String(u)) => return Err(format!("use {} is not \"sig\"", quote(u))),
-        Some(_) => return Err("member use is not a string".into()),
+fn check_jwk_purpose(jwk: &Jwk) -> Result<(), String> {
+    if let Some(u) = jwk.purpose.as_deref().filter(|u| *u != "sig") {
+        return Err(format!("use {} is not \"sig\"", quote(u)));
     }
-    match jwk.get("key_ops") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Array(ops)) => {
-            let mut names: Vec<&str> = Vec::with_capacity(ops.len());
-            for op in ops {
-                let Value::String(op) = op else {
-                    return Err("member key_ops holds a value that is not a string".into());
-                };
-                if names.contains(&op.as_str()) {
-                    return Err(format!("member key_ops lists {} twice", quote(op)));
-                }
-                names.push(op);
-            }
-            if names.contains(&"verify") {
-                Ok(())
-            } else {
-                Err(format!(
-                    "key_ops [{}] does not include \"verify\"",
-                    names
-                        .iter()
-                        .map(|n| quote(n))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
+    let Some(ops) = &jwk.key_ops else {
+        return Ok(());
+    };
+    for (i, op) in ops.iter().enumerate() {
+        if ops[..i].contains(op) {
+            return Err(format!("member key_ops lists {} twice", quote(op)));
         }
-        Some(_) => Err("member key_ops is not an array".into()),
+    }
+    if ops.iter().any(|o| o == "verify") {
+        Ok(())
+    } else {
+        Err(format!(
+            "key_ops [{}] does not include \"verify\"",
+            ops.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ")
+        ))
     }
 }
 
-/// One JWK (RFC 7517) as a JSON object, or why it cannot be used: wrong purpose, unsupported
-/// type or curve, malformed members, a weak or off-curve key, private material. `allow_oct`
-/// admits symmetric (`kty: oct`) keys, which only an explicit key argument may use: a published
-/// JWKS must never hold secrets.
-pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, String> {
-    let kid = match jwk.get("kid") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err("member kid is not a string".into()),
+/// One JWK (RFC 7517) as JSON, or why it cannot be used: wrong purpose, unsupported type or
+/// curve, malformed members, a weak or off-curve key, private material. `allow_oct` admits
+/// symmetric (`kty: oct`) keys, which only an explicit key argument may use: a published JWKS
+/// must never hold secrets.
+pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
+    let Some(members) = value.as_object() else {
+        return Err("it is not a JSON object".into());
     };
-    check_jwk_purpose(jwk)?;
-    let alg = match jwk.get("alg") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(a)) => Some(
-            parse_algorithm(a)
-                .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
-        ),
-        Some(_) => return Err("member alg is not a string".into()),
-    };
-    let kty = jwk_str(jwk, "kty")?;
-    if kty != "oct" {
-        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| jwk.contains_key(**m)) {
+    if members.get("kty").and_then(Value::as_str) != Some("oct") {
+        if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| members.contains_key(**m)) {
             return Err(format!(
                 "it contains private key material (member {m}); a key set publishes public keys only, and this key must be treated as leaked"
             ));
         }
     }
-    let (kind, bits, decoding) = match kty {
-        "RSA" => {
-            let n = jwk_bytes(jwk, "n")?;
-            let e = jwk_bytes(jwk, "e")?;
+    let jwk = Jwk::deserialize(value).map_err(jwk_shape_error)?;
+    check_jwk_purpose(&jwk)?;
+    let alg = match &jwk.alg {
+        None => None,
+        Some(a) => Some(
+            parse_algorithm(a)
+                .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
+        ),
+    };
+    let (kind, bits, decoding) = match &jwk.material {
+        Material::Rsa { n, e } => {
+            let n = b64_member(n, "n")?;
+            let e = b64_member(e, "e")?;
             let bits = bit_len(&n);
             check_rsa_bits(bits)?;
             if e.is_empty() || bit_len(&e) == 0 {
@@ -403,15 +420,14 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, St
                 DecodingKey::from_rsa_raw_components(&n, &e),
             )
         }
-        "EC" => {
-            let crv = jwk_str(jwk, "crv")?;
-            let (kind, size) = match crv {
+        Material::Ec { crv, x, y } => {
+            let (kind, size) = match crv.as_str() {
                 "P-256" => (KeyKind::EcP256, 32),
                 "P-384" => (KeyKind::EcP384, 48),
                 other => return Err(format!("curve {} is not supported", quote(other))),
             };
-            let x = jwk_bytes(jwk, "x")?;
-            let y = jwk_bytes(jwk, "y")?;
+            let x = b64_member(x, "x")?;
+            let y = b64_member(y, "y")?;
             if x.len() != size || y.len() != size {
                 return Err(format!("the {crv} coordinates must be {size} bytes each"));
             }
@@ -422,19 +438,18 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, St
             check_ec_point(kind, &point)?;
             (kind, size * 8, DecodingKey::from_ec_der(&point))
         }
-        "OKP" => {
-            let crv = jwk_str(jwk, "crv")?;
+        Material::Okp { crv, x } => {
             if crv != "Ed25519" {
                 return Err(format!("curve {} is not supported", quote(crv)));
             }
-            let x = jwk_bytes(jwk, "x")?;
+            let x = b64_member(x, "x")?;
             if x.len() != 32 {
                 return Err("an Ed25519 public key is 32 bytes".into());
             }
             (KeyKind::Ed25519, 256, DecodingKey::from_ed_der(&x))
         }
-        "oct" if allow_oct => {
-            let k = jwk_bytes(jwk, "k")?;
+        Material::Oct { k } if allow_oct => {
+            let k = b64_member(k, "k")?;
             let what = binary_kind(&k)
                 .or_else(|| std::str::from_utf8(&k).ok().and_then(key_material_kind));
             if let Some(what) = what {
@@ -444,13 +459,12 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, St
             }
             (KeyKind::Hmac, k.len() * 8, DecodingKey::from_secret(&k))
         }
-        "oct" => {
+        Material::Oct { .. } => {
             return Err(
                 "symmetric (oct) keys are not taken from a key set; use kinde_rls.secret_file"
                     .into(),
             )
         }
-        other => return Err(format!("key type {} is not supported", quote(other))),
     };
     if let Some(a) = alg {
         if !kind.algorithms().contains(&a) {
@@ -462,7 +476,7 @@ pub fn key_from_jwk(jwk: &Map<String, Value>, allow_oct: bool) -> Result<Key, St
         }
     }
     Ok(Key {
-        kid,
+        kid: jwk.kid,
         kind,
         alg,
         bits,
@@ -525,11 +539,7 @@ pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
             Some(k) => format!("key {}", quote(k)),
             None => format!("key #{}", i + 1),
         };
-        let outcome = match entry.as_object() {
-            Some(jwk) => key_from_jwk(jwk, allow_oct),
-            None => Err("it is not a JSON object".into()),
-        };
-        match outcome {
+        match key_from_jwk(entry, allow_oct) {
             Ok(k) => set.keys.push(k),
             Err(reason) => set.ignored.push(Ignored { kid, label, reason }),
         }
