@@ -31,6 +31,16 @@ pub fn is_anonymous(claims: &Map<String, Value>, roles: &[String]) -> bool {
         && matches!(claims.get("role"), Some(Value::String(r)) if roles.iter().any(|a| a == r))
 }
 
+/// Whether a compact token is an anonymous credential ([`crate::claims::is_anonymous`]), read
+/// without checking its signature: anonymous grants nothing that no token would not. A token
+/// whose payload cannot be decoded is not anonymous (it is then verified, and refused).
+pub fn is_anonymous_token(token: &str, roles: &[String]) -> bool {
+    if roles.is_empty() {
+        return false;
+    }
+    crate::token::unverified_payload(token).is_ok_and(|claims| is_anonymous(&claims, roles))
+}
+
 /// `iss || '|' || sub`: an identity that stays unique when several issuers are accepted.
 pub fn token_identifier(claims: &Map<String, Value>) -> Option<String> {
     Some(format!("{}|{}", string(claims, "iss")?, subject(claims)?))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::error::{quote, ConfigError};
-use crate::fetch::RemoteSource;
+use crate::fetch::{normalize_domain, RemoteSource};
 use crate::keys::{parse_algorithm, parse_jwks, Ignored, Key, KeySet};
 use crate::rules::{split_list, Policy};
 
@@ -112,11 +112,6 @@ pub fn check_url(url: &str, setting: &str) -> Result<(), ConfigError> {
             format!("Set {setting} to an https:// URL (plain http:// is allowed only to loopback addresses)."),
         )
     })
-}
-
-/// `https://acme.kinde.com/` → `https://acme.kinde.com`.
-pub fn normalize_domain(domain: &str) -> String {
-    domain.trim().trim_end_matches('/').to_string()
 }
 
 impl Config {

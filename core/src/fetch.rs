@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::keys::parse_jwks;
 
+/// `https://acme.kinde.com/` → `https://acme.kinde.com`.
+pub fn normalize_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('/').to_string()
+}
+
 /// Largest response body read, in bytes. A JWKS with ten RSA-4096 keys is under 10 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Redirects followed per request.
@@ -238,7 +243,7 @@ fn discover(domain: &str, deadline: Instant) -> Result<String, String> {
     let issuer = doc.get("issuer").and_then(|i| i.as_str()).ok_or_else(|| {
         format!("the discovery document at {config_url} has no issuer (OpenID Connect Discovery §4.3); its keys are not used")
     })?;
-    if crate::config::normalize_domain(issuer) != domain {
+    if normalize_domain(issuer) != domain {
         return Err(format!(
             "the discovery document at {config_url} names issuer {}, not {} (OpenID Connect Discovery §4.3 requires them to be equal); its keys are not used",
             crate::error::quote(issuer),

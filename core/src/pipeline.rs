@@ -77,7 +77,9 @@ pub fn identify_configured(
 ) -> Result<Option<Verified>, Error> {
     let parsed = match parse(token) {
         Ok(p) => p,
-        Err(_) if crate::token::is_anonymous(token, &config.anonymous_roles) => return Ok(None),
+        Err(_) if crate::claims::is_anonymous_token(token, &config.anonymous_roles) => {
+            return Ok(None)
+        }
         Err(r) => return Err(r.into()),
     };
     if crate::claims::is_anonymous(&parsed.payload, &config.anonymous_roles) {

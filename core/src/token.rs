@@ -506,19 +506,11 @@ pub fn decode_parts(token: &str) -> Result<Parts<'_>, Refusal> {
     })
 }
 
-/// Whether a compact token is an anonymous credential ([`crate::claims::is_anonymous`]), read
-/// without checking its signature: anonymous grants nothing that no token would not. A token
-/// whose payload cannot be decoded is not anonymous (it is then verified, and refused).
-pub fn is_anonymous(token: &str, roles: &[String]) -> bool {
-    if roles.is_empty() {
-        return false;
-    }
-    let Ok((_, payload, _)) = split(token) else {
-        return false;
-    };
-    b64_decode(payload, "payload")
-        .and_then(|bytes| parse_object(&bytes, "payload"))
-        .is_ok_and(|claims| crate::claims::is_anonymous(&claims, roles))
+/// The payload's claims, decoded without looking at the header or the signature: for
+/// [`crate::claims::is_anonymous_token`] only.
+pub fn unverified_payload(token: &str) -> Result<Map<String, Value>, Refusal> {
+    let (_, payload, _) = split(token)?;
+    parse_object(&b64_decode(payload, "payload")?, "payload")
 }
 
 /// Split and decode a compact JWS. Checks format and the header rules that need no key.
@@ -608,8 +600,11 @@ mod tests {
             h,
             r#"{"iss":"supabase","ref":"x","role":"anon","iat":1,"exp":2}"#,
         );
-        assert!(is_anonymous(&anon, &roles));
-        assert!(is_anonymous(&tok(h, r#"{"role":"service_role"}"#), &roles));
+        assert!(crate::claims::is_anonymous_token(&anon, &roles));
+        assert!(crate::claims::is_anonymous_token(
+            &tok(h, r#"{"role":"service_role"}"#),
+            &roles
+        ));
         // Not anonymous: a sub (even null or empty), another role, no role, a role that is not
         // a string, an undecodable payload, duplicate members, no roles configured.
         for p in [
@@ -624,13 +619,16 @@ mod tests {
             r#"{"role":"anon","x":1e400}"#,
             r#"["anon"]"#,
         ] {
-            assert!(!is_anonymous(&tok(h, p), &roles), "{p}");
+            assert!(
+                !crate::claims::is_anonymous_token(&tok(h, p), &roles),
+                "{p}"
+            );
         }
-        assert!(!is_anonymous(&anon, &[]));
-        assert!(!is_anonymous("not.a.token!", &roles));
-        assert!(!is_anonymous("abc", &roles));
+        assert!(!crate::claims::is_anonymous_token(&anon, &[]));
+        assert!(!crate::claims::is_anonymous_token("not.a.token!", &roles));
+        assert!(!crate::claims::is_anonymous_token("abc", &roles));
         let five = format!("{anon}.x.y");
-        assert!(!is_anonymous(&five, &roles));
+        assert!(!crate::claims::is_anonymous_token(&five, &roles));
     }
 
     #[test]
