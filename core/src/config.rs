@@ -321,12 +321,17 @@ fn parse_providers(text: &str, defaults: &Policy) -> Result<Vec<Provider>, Confi
     let mut out: Vec<Provider> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let err = |m: String| providers_error(format!("provider #{}: {m}", i + 1));
-        let entry = ProviderEntry::deserialize(item).map_err(|e| {
-            let e = e.to_string();
-            err(if e.starts_with("unknown field `secret`") {
+        let entry: ProviderEntry = serde_path_to_error::deserialize(item).map_err(|e| {
+            let member = e.path().to_string();
+            let e = e.into_inner().to_string();
+            err(if e.contains("expected struct ProviderEntry") {
+                "must be an object".into()
+            } else if e.starts_with("unknown field `secret`") {
                 format!("{e} (secrets do not belong in a readable setting; use kinde_rls.secret_file with the single-provider settings)")
-            } else {
+            } else if e.starts_with("unknown field") || member == "." {
                 e
+            } else {
+                format!("{member}: {e}")
             })
         })?;
         let provider = entry.into_provider(defaults).map_err(err)?;
@@ -712,5 +717,33 @@ mod tests {
             "{}",
             r.detail
         );
+    }
+
+    /// serde reads kinde_rls.providers; what it refuses names the provider and the member.
+    #[test]
+    fn provider_shape_errors_name_the_member() {
+        let why = |p: &str| {
+            validate_setting("kinde_rls.providers", p)
+                .unwrap_err()
+                .message
+                .trim_start_matches("kinde_rls.providers cannot be used: ")
+                .to_string()
+        };
+        assert_eq!(why("[1]"), "provider #1: must be an object");
+        assert_eq!(why("{}"), "it must be a JSON array of objects");
+        assert_eq!(
+            why(r#"[{"issuer":"a","jwks_url":5}]"#),
+            "provider #1: jwks_url: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(
+            why(r#"[{"issuer":"a","jwks_url":"https://a/j","audience":[1]}]"#),
+            "provider #1: audience[0]: invalid type: integer `1`, expected a string"
+        );
+        assert!(
+            why(r#"[{"issuer":"a","jwks_url":"https://a/j","secret":"x"}]"#)
+                .contains("secrets do not belong in a readable setting")
+        );
+        assert!(why(r#"[{"issuer":"a","jwks_url":"https://a/j","jwk":{}}]"#)
+            .starts_with("provider #1: unknown field `jwk`"));
     }
 }

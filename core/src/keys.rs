@@ -315,46 +315,85 @@ fn check_ec_point(kind: KeyKind, point: &[u8]) -> Result<(), String> {
 /// its private half: it is never used.
 const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth"];
 
-/// A JWK as published (RFC 7517 §4): what it may be used for, and its key material by `kty`.
-/// Members it does not name (`x5c`, `x5t`, `n`'s siblings of other types…) are ignored.
+/// A JWK as published (RFC 7517 §4): its type, and what it may be used for. Its key material
+/// is read into [`Material`] by `kty`; members neither names (`x5c`, `x5t`…) are ignored.
 #[derive(Debug, Deserialize)]
 struct Jwk {
+    kty: String,
     kid: Option<String>,
     alg: Option<String>,
     #[serde(rename = "use")]
     purpose: Option<String>,
     key_ops: Option<Vec<String>>,
-    #[serde(flatten)]
-    material: Material,
 }
 
-/// The key material of each key type (RFC 7518 §6, RFC 8037 §2).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kty")]
+/// The key material of each key type (RFC 7518 §6, RFC 8037 §2), base64url members as sent.
+#[derive(Debug)]
 enum Material {
-    #[serde(rename = "RSA")]
-    Rsa { n: String, e: String },
-    #[serde(rename = "EC")]
-    Ec { crv: String, x: String, y: String },
-    #[serde(rename = "OKP")]
-    Okp { crv: String, x: String },
-    #[serde(rename = "oct")]
-    Oct { k: String },
+    Rsa(RsaMembers),
+    Ec(EcMembers),
+    Okp(OkpMembers),
+    Oct(OctMembers),
 }
 
-/// serde's words for a JWK that does not fit [`Jwk`], in the words of the rest of this module.
-fn jwk_shape_error(e: serde_json::Error) -> String {
-    let e = e.to_string();
+#[derive(Debug, Deserialize)]
+struct RsaMembers {
+    n: String,
+    e: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct EcMembers {
+    crv: String,
+    x: String,
+    y: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OkpMembers {
+    crv: String,
+    x: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OctMembers {
+    k: String,
+}
+
+impl Material {
+    /// The members of key type `kty`, read from the same JWK.
+    fn read(kty: &str, jwk: &Value) -> Result<Material, String> {
+        fn members<'de, T: Deserialize<'de>>(jwk: &'de Value) -> Result<T, String> {
+            serde_path_to_error::deserialize(jwk).map_err(jwk_shape_error)
+        }
+        Ok(match kty {
+            "RSA" => Material::Rsa(members(jwk)?),
+            "EC" => Material::Ec(members(jwk)?),
+            "OKP" => Material::Okp(members(jwk)?),
+            "oct" => Material::Oct(members(jwk)?),
+            other => return Err(format!("key type {} is not supported", quote(other))),
+        })
+    }
+}
+
+/// serde's words for a JWK that does not fit [`Jwk`], in the words of the rest of this module,
+/// naming the member at fault.
+fn jwk_shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let member = e.path().to_string();
+    let e = e.into_inner().to_string();
     if let Some(rest) = e.strip_prefix("missing field `") {
         return format!("member {} is missing", rest.split('`').next().unwrap_or(""));
     }
-    if let Some(rest) = e.strip_prefix("unknown variant `") {
-        return format!(
-            "key type {} is not supported",
-            quote(rest.split('`').next().unwrap_or(""))
-        );
-    }
-    format!("a member does not have the type RFC 7517 gives it ({e})")
+    let what = e.split(", expected").next().unwrap_or(&e);
+    format!("member {member}: {what}; expected {}", expected(&e))
+}
+
+/// What serde expected, from its message ("…, expected a string").
+fn expected(serde_message: &str) -> &str {
+    serde_message
+        .split(", expected ")
+        .nth(1)
+        .unwrap_or("another type")
 }
 
 /// Does the JWK say it may verify signatures? `use` (RFC 7517 §4.2) must be `sig` when present,
@@ -396,7 +435,8 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             ));
         }
     }
-    let jwk = Jwk::deserialize(value).map_err(jwk_shape_error)?;
+    let jwk: Jwk = serde_path_to_error::deserialize(value).map_err(jwk_shape_error)?;
+    let material = Material::read(&jwk.kty, value)?;
     check_jwk_purpose(&jwk)?;
     let alg = match &jwk.alg {
         None => None,
@@ -405,8 +445,8 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
                 .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
         ),
     };
-    let (kind, bits, decoding) = match &jwk.material {
-        Material::Rsa { n, e } => {
+    let (kind, bits, decoding) = match &material {
+        Material::Rsa(RsaMembers { n, e }) => {
             let n = b64_member(n, "n")?;
             let e = b64_member(e, "e")?;
             let bits = bit_len(&n);
@@ -420,7 +460,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
                 DecodingKey::from_rsa_raw_components(&n, &e),
             )
         }
-        Material::Ec { crv, x, y } => {
+        Material::Ec(EcMembers { crv, x, y }) => {
             let (kind, size) = match crv.as_str() {
                 "P-256" => (KeyKind::EcP256, 32),
                 "P-384" => (KeyKind::EcP384, 48),
@@ -438,7 +478,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             check_ec_point(kind, &point)?;
             (kind, size * 8, DecodingKey::from_ec_der(&point))
         }
-        Material::Okp { crv, x } => {
+        Material::Okp(OkpMembers { crv, x }) => {
             if crv != "Ed25519" {
                 return Err(format!("curve {} is not supported", quote(crv)));
             }
@@ -448,7 +488,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             }
             (KeyKind::Ed25519, 256, DecodingKey::from_ed_der(&x))
         }
-        Material::Oct { k } if allow_oct => {
+        Material::Oct(OctMembers { k }) if allow_oct => {
             let k = b64_member(k, "k")?;
             let what = binary_kind(&k)
                 .or_else(|| std::str::from_utf8(&k).ok().and_then(key_material_kind));
@@ -459,7 +499,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             }
             (KeyKind::Hmac, k.len() * 8, DecodingKey::from_secret(&k))
         }
-        Material::Oct { .. } => {
+        Material::Oct(_) => {
             return Err(
                 "symmetric (oct) keys are not taken from a key set; use kinde_rls.secret_file"
                     .into(),
@@ -1275,5 +1315,33 @@ mod tests {
             }
         }
         assert!(refused.is_empty(), "{:?}", &refused[..refused.len().min(3)]);
+    }
+
+    /// serde reads a JWK's shape; what it refuses names the member at fault.
+    #[test]
+    fn jwk_shape_errors_name_the_member() {
+        let why = |j: &str| key_from_jwk(&serde_json::from_str(j).unwrap(), false).unwrap_err();
+        assert_eq!(
+            why(r#"{"kty":"RSA","n":5,"e":"AQAB"}"#),
+            "member n: invalid type: integer `5`; expected a string"
+        );
+        assert_eq!(
+            why(r#"{"kty":"EC","crv":"P-256","x":"AA","y":"AA","kid":7}"#),
+            "member kid: invalid type: integer `7`; expected a string"
+        );
+        assert_eq!(
+            why(r#"{"kty":"EC","crv":"P-256","x":"AA","y":"AA","key_ops":["verify",1]}"#),
+            "member key_ops[1]: invalid type: integer `1`; expected a string"
+        );
+        assert_eq!(
+            why(r#"{"kty":5}"#),
+            "member kty: invalid type: integer `5`; expected a string"
+        );
+        assert_eq!(why(r#"{"n":"AQAB"}"#), "member kty is missing");
+        assert_eq!(
+            why(r#"{"kty":"XYZ"}"#),
+            r#"key type "XYZ" is not supported"#
+        );
+        assert_eq!(why("[]"), "it is not a JSON object");
     }
 }
