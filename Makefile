@@ -15,8 +15,8 @@ PGRX_DATA   ?= /tmp/kinde_rls-pgrx-test-$(PG)
 export PG PG_CONFIG
 export KINDE_RLS_VENV := $(VENV)
 
-.PHONY: setup install test test-all lint unit pgtest integration demo bench fuzz fuzz-check soak \
-	package package-one install-package clean
+.PHONY: setup install test test-all lint unit pgtest integration dev-test demo bench fuzz fuzz-check \
+	soak package package-one install-package clean
 
 # Versions `make test-all` and `make package` cover; .ci/run tests 15 and 17.
 VERSIONS    ?= 15 17 18
@@ -52,6 +52,15 @@ install-package: package-one
 	dist/.install-check/kinde_rls-*/install.sh --pg-config $(PG_CONFIG)
 
 test: lint unit fuzz-check pgtest integration
+
+# The fast loop, not the truth: reinstall the debug build and run the chosen integration tests,
+# e.g. `make dev-test K=anonymous` (pytest -k) or `make dev-test T=tests/integration/test_jwks.py`.
+# No setup, no package, no count of the tests: run `make test` (or `make setup`) once first.
+T ?= tests/integration
+K ?=
+dev-test:
+	cargo pgrx install --pg-config $(PG_CONFIG) $(FEATURES)
+	env -u KINDE_RLS_FULL_SUITE $(PY) -m pytest -q -rs -p no:cacheprovider $(if $(K),-k '$(K)') $(T)
 
 # The whole suite once per version, each with its own build and clusters.
 test-all:

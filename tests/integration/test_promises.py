@@ -1,9 +1,9 @@
-"""README promises that no other test holds the code to: the token cache (refusals never
-cached, cache_size, eviction, whole-token comparison), the strict token format (canonical
-base64url, unique header members), what a fetched key set may and may not do (oct keys, alg
-pins, the kid-less candidate limit), how keys are fetched (redirects, credentials, a bounded
-wait for another session's fetch), the trusted install by a database owner, the order of token
-sources, and the statement's start time as the clock.
+"""Promises of the README, INSTALL.md and CONTRIBUTING.md that no other test holds the code to:
+the token cache (refusals never cached, cache_size, eviction, whole-token comparison), the
+strict token format (canonical base64url, unique header members), what a fetched key set may
+and may not do (oct keys, alg pins, the kid-less candidate limit), how keys are fetched
+(redirects, credentials, a bounded wait for another session's fetch), the trusted install by a
+database owner, the order of token sources, and the statement's start time as the clock.
 
 Every test queries as a non-superuser role of its own; a superuser only configures. Each test
 gets its own database (ALTER DATABASE / ALTER ROLE … IN DATABASE settings), dropped afterwards."""
@@ -143,9 +143,10 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 
 
 def test_a_refusal_is_not_cached(make_db, signers):
-    """README, Caching: "Refusals are not cached." A token refused because it is not valid yet
-    (nbf in the near future, leeway 0) is accepted by the same session once nbf has passed —
-    with nothing in between that would clear a cache (no setting, key or token change)."""
+    """CONTRIBUTING.md, The identity cache: "Refusals are not cached." A token refused because it
+    is not valid yet (nbf in the near future, leeway 0) is accepted by the same session once nbf
+    has passed — with nothing in between that would clear a cache (no setting, key or token
+    change)."""
     rsa = signers["rsa"]
     connect = make_db(jwks=jwks(rsa), issuer=KINDE_ISS)
     connect.role_set("kinde_rls.leeway", 0)
@@ -220,7 +221,7 @@ def test_cache_size_zero_disables_the_token_cache(make_db, make_issuer):
 
 
 def test_a_full_token_cache_evicts_its_oldest_entry(make_db, make_issuer):
-    """Caching: "up to kinde_rls.cache_size verified tokens … (evicting the oldest first)".
+    """The identity cache: "up to kinde_rls.cache_size verified tokens … (evicting the oldest first)".
     With room for 2: A, B, C (A leaves), B and C from the cache, A again verified."""
     issuer = make_issuer()
     w, a, b, c_ = (issuer.token(s) for s in ("kp_w", "kp_a", "kp_b", "kp_c"))

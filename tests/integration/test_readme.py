@@ -1,5 +1,6 @@
-"""The README's quick starts, run as written: each fenced block is taken from README.md (not
-copied here), its placeholders filled in (<business> becomes a stand-in Kinde issuer on
+"""The README's quick starts, run as written: each fenced block is taken from README.md (or, for
+several issuers and the Supabase-style stack, from INSTALL.md; not copied here), its
+placeholders filled in (<business> becomes a stand-in Kinde issuer on
 127.0.0.1, the token placeholder a token minted with PyJWT), and run against a throwaway
 cluster the way the README says to run it. A snippet that stops working, or drifts from what
 the tests show, fails here."""
@@ -17,19 +18,20 @@ from kinde import CLIENT_SECRET, KINDE_ISS, hs256_resign, kinde_id_claims
 from pg import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-README = open(os.path.join(ROOT, "README.md")).read()
+DOCS = {name: open(os.path.join(ROOT, name)).read() for name in ("README.md", "INSTALL.md")}
 AUDIENCE = "https://api.example.com"
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end if end >= 0 else None]
+def section(title: str, doc: str = "README.md") -> str:
+    text = DOCS[doc]
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None]
 
 
-def blocks(title: str) -> list[tuple[str, str]]:
-    """(language, text) of each fenced block in a section, in order."""
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"```(\w*)\n(.*?)```", section(title), re.S)]
+def blocks(title: str, doc: str = "README.md") -> list[tuple[str, str]]:
+    """(language, text) of each fenced block in a section of `doc`, in order."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"```(\w*)\n(.*?)```", section(title, doc), re.S)]
 
 
 def statements(sql_text: str) -> list[str]:
@@ -129,7 +131,7 @@ def test_rs256_quick_start_as_written(readme_cluster):
 
 
 def test_several_issuers_snippet_as_written(readme_cluster):
-    ((lang, text),) = blocks("Several issuers")
+    ((lang, text),) = blocks("Several issuers", "INSTALL.md")
     assert lang == "sql"
     with readme_cluster.connect(dbname="app") as su:
         su.execute("LOAD 'kinde_rls'")
@@ -172,7 +174,7 @@ def test_hs256_quick_start_as_written():
 
 
 def test_supabase_realtime_snippet_as_written(readme_cluster):
-    ((lang, text),) = [b for b in blocks("Running on a Supabase-style stack") if b[0] == "sql"]
+    ((lang, text),) = [b for b in blocks("Running on a Supabase-style stack", "INSTALL.md") if b[0] == "sql"]
     with readme_cluster.connect(dbname="app") as su:
         su.execute("CREATE ROLE supabase_admin LOGIN SUPERUSER")
         run(su, text)

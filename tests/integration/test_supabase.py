@@ -1,4 +1,4 @@
-"""A Supabase-style stack, service by service (README: "Running on a Supabase-style stack").
+"""A Supabase-style stack, service by service (INSTALL.md: "Running on a Supabase-style stack").
 
 Each test replays one service's exact sequence of set_config calls (../shared/KINDE.md, "Every
 Supabase service that evaluates RLS") under that service's login role, with tokens minted by
@@ -550,7 +550,7 @@ def test_parallel_workers_read_the_request_settings_as_the_leader_does(rs256, pa
     """Workers restore the leader's settings: a role default is nobody's request in the leader
     and in every worker; a value set in the session is the request's in both, even when its
     text equals the role default (watched settings, where such a default cannot be stored at
-    all; see the README for the text mode)."""
+    all; see INSTALL.md for the text mode)."""
     cluster, db = rs256
     peter = user_token(signers, "kp_peter")
     watched = one_setting(cluster, db, "kinde_rls.watch_request_settings") == "on"
