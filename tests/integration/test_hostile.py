@@ -9,8 +9,8 @@ it is named after comes before or instead of the signature check. So the signatu
 refuses a case in the named rule's place: without that rule, the token would be accepted (or
 refused by a later check), and the test would fail.
 
-Check order (core/src/token.rs, verify.rs, config.rs): format (size, segments, base64url,
-JSON, unique names, kid, crit) → algorithm (alg, and a kid naming a key of another kind) →
+Check order (core/src/token.rs, then the stages of core/src/pipeline.rs): format (size,
+segments, base64url, JSON, unique names, kid, crit) → algorithm (alg, and a kid naming a key of another kind) →
 provider by iss → key (kid) → signature → exp, nbf, iss, aud, sub."""
 
 import base64
