@@ -221,17 +221,29 @@ fn der_len(d: &[u8], pos: usize) -> Option<(usize, usize)> {
 
 /// Modulus size of a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, ... }`.
 fn pkcs1_modulus_bits(der: &[u8]) -> Option<usize> {
+    // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } (RFC 8017 A.1.1),
+    // exactly: the sequence spans the whole input and ends with a short exponent. Anything
+    // looser takes one random secret in some ten thousand for a key.
     if *der.first()? != 0x30 {
         return None;
     }
-    let (_, used) = der_len(der, 1)?;
+    let (seq_len, used) = der_len(der, 1)?;
     let p = 1 + used;
-    if *der.get(p)? != 0x02 {
+    if p.checked_add(seq_len)? != der.len() || *der.get(p)? != 0x02 {
         return None;
     }
     let (len, used) = der_len(der, p + 1)?;
     let start = p + 1 + used;
-    Some(bit_len(der.get(start..start + len)?))
+    let modulus = der.get(start..start.checked_add(len)?)?;
+    let e = start + len;
+    if *der.get(e)? != 0x02 {
+        return None;
+    }
+    let (e_len, used) = der_len(der, e + 1)?;
+    if !(1..=8).contains(&e_len) || e + 1 + used + e_len != der.len() {
+        return None;
+    }
+    Some(bit_len(modulus))
 }
 
 fn check_rsa_bits(bits: usize) -> Result<(), String> {
