@@ -250,20 +250,30 @@ fn single_provider(s: &Settings, defaults: &Policy) -> Result<Provider, ConfigEr
 // ---------------------------------------------------------------------------------------------
 // kinde_rls.providers
 
-/// One entry of `kinde_rls.providers`, as written.
+/// One entry of `kinde_rls.providers`, as written: a JSON object (never an array, which serde
+/// would read in field order), whose members may be absent but not `null`, except where noted.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     /// Required unless `domain` is given (which is then the issuer).
+    #[serde(default, deserialize_with = "present")]
     pub issuer: Option<String>,
     /// An OIDC issuer whose keys are discovered.
+    #[serde(default, deserialize_with = "present")]
     pub domain: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub jwks_url: Option<String>,
     /// An inline JWKS object.
     pub jwks: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub audience: Strings,
     pub algorithms: Option<Strings>,
+}
+
+/// A member that, when written, is a string: `null` is refused rather than read as absent, so
+/// that `"jwks_url": null` never quietly means "discover the keys instead".
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// A string or an array of strings (`null` is none).
@@ -321,12 +331,13 @@ fn parse_providers(text: &str, defaults: &Policy) -> Result<Vec<Provider>, Confi
     let mut out: Vec<Provider> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let err = |m: String| providers_error(format!("provider #{}: {m}", i + 1));
+        if !item.is_object() {
+            return Err(err("must be an object".into()));
+        }
         let entry: ProviderEntry = serde_path_to_error::deserialize(item).map_err(|e| {
             let member = e.path().to_string();
             let e = e.into_inner().to_string();
-            err(if e.contains("expected struct ProviderEntry") {
-                "must be an object".into()
-            } else if e.starts_with("unknown field `secret`") {
+            err(if e.starts_with("unknown field `secret`") {
                 format!("{e} (secrets do not belong in a readable setting; use kinde_rls.secret_file with the single-provider settings)")
             } else if e.starts_with("unknown field") || member == "." {
                 e
@@ -730,7 +741,27 @@ mod tests {
                 .to_string()
         };
         assert_eq!(why("[1]"), "provider #1: must be an object");
-        assert_eq!(why("{}"), "it must be a JSON array of objects");
+        // serde would read an array in field order; a provider is an object.
+        assert_eq!(
+            why(
+                r#"[["https://acme.kinde.com",null,"https://a.example/jwks",null,"api",["RS256"]]]"#
+            ),
+            "provider #1: must be an object"
+        );
+        // Written members are strings: null is not "absent".
+        for m in ["issuer", "domain", "jwks_url"] {
+            let mut p = serde_json::json!({
+                "issuer": "https://acme.kinde.com",
+                "domain": "https://acme.kinde.com",
+                "jwks_url": "https://a.example/jwks",
+            });
+            p[m] = Value::Null;
+            assert_eq!(
+                why(&format!("[{p}]")),
+                format!("provider #1: {m}: invalid type: null, expected a string"),
+                "{p}"
+            );
+        }
         assert_eq!(
             why(r#"[{"issuer":"a","jwks_url":5}]"#),
             "provider #1: jwks_url: invalid type: integer `5`, expected a string"

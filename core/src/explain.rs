@@ -148,3 +148,43 @@ fn key_row(t: &Trace, detail: String) -> String {
     };
     format!("{label}: {detail}{note}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::token::b64_encode;
+
+    /// The key row names the keys a provider's set ignores, also when the token's algorithm
+    /// stopped the key stage before it looked at keys.
+    #[test]
+    fn the_key_row_names_ignored_keys_whatever_stopped_the_token() {
+        let ed = b64_encode(&[9u8; 32]);
+        let jwks = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ed}","kid":"ok"}},{{"kty":"OKP","crv":"Ed25519","x":"{ed}","kid":"enc","use":"enc"}}]}}"#
+        );
+        let config = Config::from_settings(&Settings {
+            issuer: Some("https://acme.kinde.com"),
+            jwks: Some(&jwks),
+            leeway: 30,
+            require_sub: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let payload = b64_encode(br#"{"iss":"https://acme.kinde.com","sub":"a","exp":2000}"#);
+        for header in [r#"{"alg":"none"}"#, r#"{"alg":"EdDSA","kid":"ok"}"#] {
+            let token = format!("{}.{payload}.AAAA", b64_encode(header.as_bytes()));
+            let rows = explain_configured(&token, &config, 1000, &mut NoRemote);
+            let key = rows.iter().find(|r| r.check == Check::Key).unwrap();
+            assert!(
+                key.detail
+                    .starts_with(r#"provider "https://acme.kinde.com": "#)
+                    && key.detail.ends_with(
+                        r#"; ignored in the key set: key "enc": use "enc" is not "sig""#
+                    ),
+                "{header}: {}",
+                key.detail
+            );
+        }
+    }
+}

@@ -319,6 +319,14 @@ pub fn run<'t, 'c>(
             return t;
         }
     }
+    if every && t.ignored.is_empty() {
+        // Explaining a token whose keys were not looked at: the provider's sets may still hold
+        // keys that need the issuer's attention.
+        if let Some(provider) = judge.provider {
+            let fetched = judge.remote().and_then(|src| source.keys(src).ok());
+            t.ignored = ignored_in(provider, fetched.as_deref());
+        }
+    }
 
     // 6. The claims, by the provider's rules.
     check_claims(&mut t, &p.payload, judge.policy, now);
@@ -500,13 +508,7 @@ fn keys_and_signature(
     };
     if t.every {
         if let Some(provider) = judge.provider {
-            let set = fresh.as_deref().or(fetched.as_deref());
-            t.ignored = provider
-                .ignored
-                .iter()
-                .chain(set.iter().flat_map(|s| s.ignored.iter()))
-                .map(ToString::to_string)
-                .collect();
+            t.ignored = ignored_in(provider, fresh.as_deref().or(fetched.as_deref()));
         }
     }
     let candidates = match picked {
@@ -536,6 +538,16 @@ fn keys_and_signature(
         }
         Err(r) => t.fail(Check::Signature, r),
     }
+}
+
+/// Why keys of a provider's own set and of its fetched set are ignored, for `jwt_explain()`.
+fn ignored_in(provider: &Provider, fetched: Option<&KeySet>) -> Vec<String> {
+    provider
+        .ignored
+        .iter()
+        .chain(fetched.iter().flat_map(|s| s.ignored.iter()))
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Choose the keys that may verify this token. A `kid` that matches selects those keys; a `kid`
