@@ -84,10 +84,14 @@ macro_rules! sql_type {
     };
 }
 
+// SAFETY: unboxing reads the argument with `FromDatum` for `&[u8]`, which is sound for the
+// `text` datum pgrx passes (the SQL type `SqlTranslatable` declares below).
 unsafe impl<'fcx> ArgAbi<'fcx> for Text<'fcx> {
     unbox!();
 }
 
+// SAFETY: unboxing reads the argument with `FromDatum` for `Jsonb`, which calls `jsonb_out` on
+// the `jsonb` datum pgrx passes (the SQL type `SqlTranslatable` declares below).
 unsafe impl<'fcx> ArgAbi<'fcx> for Jsonb {
     unbox!();
 }
@@ -98,7 +102,7 @@ unsafe impl SqlTranslatable for Text<'_> {
     sql_type!("TEXT");
 }
 
-// SAFETY: as above.
+// SAFETY: the SQL type is the one the datum is read as (`jsonb`, through `jsonb_out`).
 unsafe impl SqlTranslatable for Jsonb {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Jsonb);
     sql_type!("jsonb");

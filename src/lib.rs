@@ -5,6 +5,8 @@
 //! `kinde_rls_core` crate; settings in [`gucs`]; the request identity and its caches in
 //! [`identity`]; the SQLSTATE mapping in [`errors`].
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 use serde_json::{Map, Value};
 
@@ -43,6 +45,8 @@ impl pgrx::IntoDatum for RawJsonB {
         // UTF8), that is a token this database cannot represent: refused, never an error
         // from deep inside (with a Rust backtrace when RUST_BACKTRACE is set).
         let text = std::panic::AssertUnwindSafe(self.0);
+        // SAFETY: `jsonb_in` takes one argument, a NUL-terminated C string, which `text` owns
+        // and keeps alive for the call; its errors are caught below.
         pgrx::PgTryBuilder::new(move || unsafe {
             pgrx::direct_function_call_as_datum(
                 pg_sys::jsonb_in,
@@ -70,18 +74,22 @@ impl pgrx::IntoDatum for RawJsonB {
     }
 }
 
+// SAFETY: the datum returned is the `jsonb` that `into_datum` made (or SQL NULL), matching
+// the return type `SqlTranslatable` declares below.
 unsafe impl pgrx::callconv::BoxRet for RawJsonB {
     unsafe fn box_into<'fcx>(
         self,
         fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
     ) -> pgrx::datum::Datum<'fcx> {
         match pgrx::IntoDatum::into_datum(self) {
+            // SAFETY: `d` is a `jsonb` datum, the type this function is declared to return.
             Some(d) => unsafe { fcinfo.return_raw_datum(d) },
             None => fcinfo.return_null(),
         }
     }
 }
 
+// SAFETY: declares `jsonb`, the type of the datum `into_datum` returns.
 unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RawJsonB {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonB);
     const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
