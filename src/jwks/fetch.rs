@@ -203,7 +203,7 @@ pub(super) fn wait_for(
 }
 
 /// Interrupted fetches still running hold threads: before starting another, wait
-/// (interruptibly) for one to end, until `deadline` at the most. Called before any claim on the
+/// (interruptibly) for one to end, until `deadline` at the most. Called before any lease on the
 /// shared cache is made, and not a failure of the issuer: nothing is recorded against it.
 pub(super) fn fetch_capacity(deadline: f64) -> Result<(), String> {
     while LIVE_FETCHES.load(Ordering::Relaxed) >= MAX_LIVE_FETCHES {

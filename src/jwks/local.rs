@@ -1,4 +1,10 @@
-//! The backend-local half of the cache: what one backend knows about each source.
+//! The backend-local cache: what one backend knows about each source. It is the whole cache
+//! when the library is not preloaded, and for a source that finds no slot in shared memory;
+//! otherwise it holds the keys this backend parsed from a slot, once per generation. Decides
+//! with [`decide`] on this backend's copy (and, in shared mode, the cluster-wide fetch record).
+//!
+//! `thread_local!`: a backend is one thread, so no lock. One entry per key source of the
+//! configuration, kept for the backend's life.
 
 use kinde_rls_core::fetch::Fetched;
 use kinde_rls_core::keycache::{decide, wall_clock, Action, Limits, Need, Times};
@@ -9,31 +15,27 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use super::fetch::{fetch_capacity, fetch_interruptibly};
-use super::shared::Seen;
-use super::shmem::{record_recent, shared_mode, Locked, Outcome, Record};
-use super::{timeout, unusable, warn_stale, Got, KEYS_EPOCH};
-
-// ---------------------------------------------------------------------------------------------
-// The per-backend copies.
+use super::shmem::{record_recent, shared_mode, Locked, Outcome, Record, Snapshot};
+use super::{status_of, timeout, unusable, warn_stale, Got, Status, KEYS_EPOCH};
 
 /// What one backend knows about one source.
 #[derive(Default)]
-pub(super) struct Local {
-    pub(super) keys: Rc<KeySet>,
-    pub(super) body: String,
-    pub(super) url: String,
+struct Local {
+    keys: Rc<KeySet>,
+    body: String,
+    url: String,
     /// Shared mode: the slot generation `keys` were parsed from (0: fetched by this backend
     /// without a slot).
-    pub(super) gen: u64,
-    pub(super) fetched_at: f64,
-    pub(super) expires_at: f64,
-    pub(super) last_attempt: f64,
-    pub(super) last_failed: bool,
-    pub(super) last_error: Option<String>,
+    gen: u64,
+    fetched_at: f64,
+    expires_at: f64,
+    last_attempt: f64,
+    last_failed: bool,
+    last_error: Option<String>,
 }
 
 impl Local {
-    pub(super) fn times(&self) -> Times {
+    fn times(&self) -> Times {
         Times {
             has_keys: !self.body.is_empty(),
             expires_at: self.expires_at,
@@ -44,7 +46,7 @@ impl Local {
     }
 
     /// Adopt a new body; bump the epoch when the keys changed.
-    pub(super) fn adopt(&mut self, body: String) -> Result<(), String> {
+    fn adopt(&mut self, body: String) -> Result<(), String> {
         if body != self.body {
             let set = parse_jwks(&body, false)?;
             self.keys = Rc::new(set);
@@ -56,30 +58,36 @@ impl Local {
 }
 
 thread_local! {
-    pub(super) static LOCAL: RefCell<HashMap<RemoteSource, Local>> = RefCell::new(HashMap::new());
+    static LOCAL: RefCell<HashMap<RemoteSource, Local>> = RefCell::new(HashMap::new());
+}
+
+/// What this backend knows about a source, to decide with.
+#[derive(Default)]
+pub(super) struct Known {
+    pub(super) times: Times,
+    /// When the keys `times` describes were fetched.
+    pub(super) fetched_at: f64,
+    pub(super) last_error: Option<String>,
 }
 
 /// This backend's times for a source (and when its keys were fetched, and the last error), with
 /// the cluster-wide fetch record taken instead when it is newer.
-pub(super) fn local_times(
-    src: &RemoteSource,
-    record: Option<&Record>,
-) -> (Times, f64, Option<String>) {
-    let (mut t, fetched_at, mut last_error) = LOCAL.with(|l| {
-        l.borrow()
-            .get(src)
-            .map_or((Times::default(), 0.0, None), |e| {
-                (e.times(), e.fetched_at, e.last_error.clone())
-            })
+pub(super) fn known(src: &RemoteSource, record: Option<&Record>) -> Known {
+    let mut k = LOCAL.with(|l| {
+        l.borrow().get(src).map_or_else(Known::default, |e| Known {
+            times: e.times(),
+            fetched_at: e.fetched_at,
+            last_error: e.last_error.clone(),
+        })
     });
-    if let Some(r) = record.filter(|r| r.last_attempt > t.last_attempt) {
-        t.last_attempt = r.last_attempt;
-        t.last_failed = r.last_failed;
+    if let Some(r) = record.filter(|r| r.last_attempt > k.times.last_attempt) {
+        k.times.last_attempt = r.last_attempt;
+        k.times.last_failed = r.last_failed;
         if r.last_failed {
-            last_error = Some(r.err.clone());
+            k.last_error = Some(r.err.clone());
         }
     }
-    (t, fetched_at, last_error)
+    k
 }
 
 pub(super) fn local_keys(src: &RemoteSource) -> Rc<KeySet> {
@@ -93,14 +101,18 @@ pub(super) fn local_keys(src: &RemoteSource) -> Rc<KeySet> {
 
 /// Per-backend cache (no slot): decide with this backend's copy and — in shared mode — the
 /// cluster-wide fetch record, fetch if told to, remember.
-pub(super) fn obtain_local(
+pub(super) fn obtain(
     src: &RemoteSource,
     need: Need,
     lim: &Limits,
     shared_record: Option<Record>,
 ) -> Result<Option<Got>, String> {
     let now = wall_clock();
-    let (t, fetched_at, last_error) = local_times(src, shared_record.as_ref());
+    let Known {
+        times: t,
+        fetched_at,
+        last_error,
+    } = known(src, shared_record.as_ref());
     match decide(&t, need, now, lim) {
         Action::Use if need == Need::UnknownKid => Ok(None),
         Action::Use => Ok(Some(Got {
@@ -116,7 +128,8 @@ pub(super) fn obtain_local(
         )),
         Action::Fetch | Action::Wait => {
             fetch_capacity(now + lim.timeout)?;
-            // The attempt counts from its start, also if it is interrupted (see release_claim).
+            // The attempt counts from its start, also if it is interrupted (see
+            // `Slot::release_lease`).
             LOCAL.with(|l| l.borrow_mut().entry(src.clone()).or_default().last_attempt = now);
             if shared_mode() {
                 record_recent(&mut Locked::exclusive(), src, now, Outcome::Started);
@@ -180,39 +193,57 @@ pub(super) fn finish_local(
     })
 }
 
-/// Parse (once per generation) the body of a shared slot into this backend's keys.
-pub(super) fn adopt_shared(
-    src: &RemoteSource,
-    gen: u64,
-    body: Option<String>,
-    url: String,
-    fetched_at: f64,
-    expires_at: f64,
-) -> Result<Rc<KeySet>, String> {
+/// Parse (once per generation) the key set of a shared slot into this backend's keys.
+pub(super) fn adopt(src: &RemoteSource, slot: Snapshot) -> Result<Rc<KeySet>, String> {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         let e = l.entry(src.clone()).or_default();
-        if let Some(body) = body {
+        if let Some(body) = slot.body {
             e.adopt(body)?;
-            e.gen = gen;
+            e.gen = slot.gen;
         }
-        e.url = url;
-        e.fetched_at = fetched_at;
-        e.expires_at = expires_at;
+        e.url = slot.url;
+        e.fetched_at = slot.fetched_at;
+        e.expires_at = slot.times.expires_at;
         Ok(e.keys.clone())
     })
 }
 
-/// [`adopt_shared`] what a look at the shared cache found.
-pub(super) fn adopt_seen(src: &RemoteSource, seen: Seen) -> Result<Rc<KeySet>, String> {
-    adopt_shared(
-        src,
-        seen.gen,
-        seen.body,
-        seen.url,
-        seen.fetched_at,
-        seen.times.expires_at,
-    )
+/// Remember how this backend's fetch for a slot went (the slot holds the keys).
+pub(super) fn record_attempt(src: &RemoteSource, at: f64, result: &Result<Fetched, String>) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let e = l.entry(src.clone()).or_default();
+        e.last_attempt = at;
+        e.last_failed = result.is_err();
+        e.last_error = result.as_ref().err().cloned();
+    });
+}
+
+/// Whether this backend fetched `src` without a slot (shared mode: it found none).
+pub(super) fn fetched_without_slot(src: &RemoteSource) -> bool {
+    LOCAL.with(|l| {
+        l.borrow()
+            .get(src)
+            .is_some_and(|e| e.gen == 0 && e.last_attempt > 0.0)
+    })
+}
+
+/// What this backend's copy of `src` shows in `jwks_status()`.
+pub(super) fn status(src: &RemoteSource) -> Status {
+    LOCAL.with(|l| {
+        l.borrow().get(src).map_or_else(
+            || status_of(None, 0.0, 0.0, None),
+            |e| {
+                status_of(
+                    (!e.body.is_empty()).then_some(&*e.keys),
+                    e.fetched_at,
+                    e.expires_at,
+                    e.last_error.clone(),
+                )
+            },
+        )
+    })
 }
 
 pub(super) fn local_gen(src: &RemoteSource) -> Option<u64> {
@@ -224,9 +255,9 @@ pub(super) fn local_gen(src: &RemoteSource) -> Option<u64> {
     })
 }
 
-/// A slot that holds no keys — claimed by a backend whose fetch has not finished, was
+/// A slot that holds no keys — leased by a backend whose fetch has not finished, was
 /// abandoned, or failed — says nothing about the keys this backend fetched on its own before
-/// the source had a slot: they count, as when there is no slot at all. Otherwise a claimed but
+/// the source had a slot: they count, as when there is no slot at all. Otherwise a leased but
 /// empty slot would make every unknown `kid` a fetch ("no keys: fetch"), whatever the rate
 /// limit. Returns the times to decide with, and when the keys they describe were fetched.
 pub(super) fn with_own_keys(src: &RemoteSource, t: Times, fetched_at: f64) -> (Times, f64) {

@@ -12,14 +12,22 @@
 //! A backend's own copy of a set is used whenever the shared slot is gone, so an evicted set is
 //! not fetched again while this backend's copy is fresh. Only slots whose keys have expired or
 //! that sat unused for a minute are evicted (least recently *used* first), so more sources in
-//! use than slots degrade to per-backend caching for the overflow instead of thrashing. When each fetch was last tried and whether it
-//! failed is kept in a small table of its own, which outlives eviction: rate limits hold for
-//! every source, slotted or not.
+//! use than slots degrade to per-backend caching for the overflow instead of thrashing. When
+//! each fetch was last tried and whether it failed is kept in a small table of its own, which
+//! outlives eviction: rate limits hold for every source, slotted or not.
 //!
-//! When to fetch is decided by [`kinde_rls_core::keycache::decide`]; this module only keeps the
-//! state and acts. Fetching happens on a helper thread, outside any lock, bounded by
+//! When to fetch is decided by [`kinde_rls_core::keycache::decide`]; these modules only keep the
+//! state and act. Fetching happens on a helper thread, outside any lock, bounded by
 //! `kinde_rls.jwks_timeout_ms`, while the backend waits on its latch and answers cancels,
-//! `statement_timeout` and shutdown (see [`fetch_interruptibly`]).
+//! `statement_timeout` and shutdown (see [`fetch::fetch_interruptibly`]).
+//!
+//! - `mod.rs` (here): what the rest of the extension calls — [`Source`], [`refresh`],
+//!   [`status`], [`keys_epoch`] — and the choice between the two caches;
+//! - `shared.rs`: the shared-memory cache, deciding on what a slot holds;
+//! - `local.rs`: the backend-local cache, deciding on this backend's copy;
+//! - `shmem.rs`: the shared memory itself — layout, lock, slots, fetch records, and the fetch
+//!   lease a backend holds on a slot while it fetches;
+//! - `fetch.rs`: the helper thread and the interruptible wait.
 
 mod fetch;
 mod local;
@@ -33,9 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::gucs;
-use local::{obtain_local, LOCAL};
-use shared::obtain_shared;
-use shmem::{header, text, Locked, LABEL_BYTES, NSLOTS};
+use shmem::{header, LABEL_BYTES, NSLOTS};
 pub use shmem::{init, shared_mode};
 
 /// Bumped whenever a key set this backend uses changes, so cached verifications made with
@@ -106,12 +112,8 @@ pub fn slot_warning(src: &RemoteSource) -> Option<String> {
         ));
     }
     // Fetched by this session without a slot, and still without one.
-    let fetched_here = LOCAL.with(|l| {
-        l.borrow()
-            .get(src)
-            .is_some_and(|e| e.gen == 0 && e.last_attempt > 0.0)
-    });
-    let held = Locked::share().slots().iter().any(|s| s.holds(src));
+    let fetched_here = local::fetched_without_slot(src);
+    let held = shared::has_slot(src);
     (fetched_here && !held).then(|| {
         format!(
             "no slot in the shared key cache (kinde_rls.jwks_cache_slots = {}): these keys are cached per session, and each new session fetches them",
@@ -123,9 +125,9 @@ pub fn slot_warning(src: &RemoteSource) -> Option<String> {
 fn obtain(src: &RemoteSource, need: Need) -> Result<Option<Got>, String> {
     let lim = limits();
     if shared_mode() && src.label().len() <= LABEL_BYTES {
-        obtain_shared(src, need, &lim)
+        shared::obtain(src, need, &lim)
     } else {
-        obtain_local(src, need, &lim, None)
+        local::obtain(src, need, &lim, None)
     }
 }
 
@@ -182,7 +184,8 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
-fn status_of(
+/// A status row's values from a key set (if any) and its times.
+pub(super) fn status_of(
     set: Option<&KeySet>,
     fetched_at: f64,
     expires_at: f64,
@@ -199,37 +202,22 @@ fn status_of(
     }
 }
 
+/// What `jwks_status()` shows for `src`: the shared slot when it has one, else this backend's
+/// copy.
 pub fn status(src: &RemoteSource) -> Status {
     if shared_mode() && src.label().len() <= LABEL_BYTES {
-        let seen = {
-            let l = Locked::share();
-            l.slots().iter().find(|s| s.holds(src)).map(|s| {
-                (
-                    text(&s.body, s.body_len as usize),
-                    s.fetched_at,
-                    s.expires_at,
-                    (s.err_len > 0).then(|| text(&s.err, s.err_len as usize)),
-                )
-            })
-        };
-        if let Some((body, fetched_at, expires_at, last_error)) = seen {
-            let set = (!body.is_empty())
-                .then(|| parse_jwks(&body, false).ok())
-                .flatten();
-            return status_of(set.as_ref(), fetched_at, expires_at, last_error);
+        if let Some(slot) = shared::status_snapshot(src) {
+            let set = slot
+                .body
+                .as_deref()
+                .and_then(|body| parse_jwks(body, false).ok());
+            return status_of(
+                set.as_ref(),
+                slot.fetched_at,
+                slot.times.expires_at,
+                Some(slot.err).filter(|e| !e.is_empty()),
+            );
         }
     }
-    LOCAL.with(|l| {
-        l.borrow().get(src).map_or_else(
-            || status_of(None, 0.0, 0.0, None),
-            |e| {
-                status_of(
-                    (!e.body.is_empty()).then_some(&*e.keys),
-                    e.fetched_at,
-                    e.expires_at,
-                    e.last_error.clone(),
-                )
-            },
-        )
-    })
+    local::status(src)
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use crate::gucs;
 
 pub(super) const LABEL_BYTES: usize = 512;
-pub(super) const ERROR_BYTES: usize = 256;
+const ERROR_BYTES: usize = 256;
 
 /// Set in `_PG_init` when loading from `shared_preload_libraries`.
-pub(super) static SHARED_MODE: AtomicBool = AtomicBool::new(false);
+static SHARED_MODE: AtomicBool = AtomicBool::new(false);
 
 // ---------------------------------------------------------------------------------------------
 // Shared memory: a header, `nslots` slots, `nrecent` fetch records. Sized from
@@ -39,7 +39,9 @@ pub(super) struct Slot {
     pub(super) discovery: bool,
     /// The last fetch attempt failed.
     pub(super) last_failed: bool,
-    pub(super) fetcher_pid: i32,
+    /// The backend holding the slot's fetch lease (see [`Slot::lease_fetch`]); 0 when none.
+    /// Named for the lease, not the token: a slot has no `sub` or owner in the JWT sense.
+    pub(super) holder_pid: i32,
     pub(super) label_len: u16,
     pub(super) url_len: u16,
     pub(super) err_len: u16,
@@ -53,6 +55,7 @@ pub(super) struct Slot {
     pub(super) fetched_at: f64,
     pub(super) expires_at: f64,
     pub(super) last_attempt: f64,
+    /// When the fetch lease was taken; 0 when none.
     pub(super) fetching_since: f64,
     /// Last use, in milliseconds since the epoch: updated under the shared lock, hence atomic.
     pub(super) last_used_ms: AtomicU64,
@@ -70,32 +73,48 @@ pub(super) struct Recent {
     pub(super) err: [u8; ERROR_BYTES],
 }
 
-pub(super) static HEADER: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
-pub(super) static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
-pub(super) static RECENT: AtomicPtr<Recent> = AtomicPtr::new(std::ptr::null_mut());
+static HEADER: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+static SLOTS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static RECENT: AtomicPtr<Recent> = AtomicPtr::new(std::ptr::null_mut());
 pub(super) static NSLOTS: AtomicUsize = AtomicUsize::new(0);
-pub(super) static NRECENT: AtomicUsize = AtomicUsize::new(0);
+static NRECENT: AtomicUsize = AtomicUsize::new(0);
 
-pub(super) const SHMEM_NAME: &std::ffi::CStr = c"kinde_rls_jwks";
+const SHMEM_NAME: &std::ffi::CStr = c"kinde_rls_jwks";
 
-pub(super) fn sizes(nslots: usize) -> (usize, usize, usize, usize) {
+/// Where the parts sit in the shared segment, in bytes from its start.
+struct Layout {
+    nrecent: usize,
+    slots_at: usize,
+    recent_at: usize,
+    total: usize,
+}
+
+fn layout(nslots: usize) -> Layout {
     let nrecent = (4 * nslots).max(64);
     let align = |n: usize| n.div_ceil(16) * 16;
     let slots_at = align(size_of::<Header>());
     let recent_at = align(slots_at + nslots * size_of::<Slot>());
     let total = recent_at + nrecent * size_of::<Recent>();
-    (nrecent, slots_at, recent_at, total)
+    Layout {
+        nrecent,
+        slots_at,
+        recent_at,
+        total,
+    }
 }
 
-pub(super) fn configured_slots() -> usize {
+fn configured_slots() -> usize {
     usize::try_from(gucs::JWKS_CACHE_SLOTS.get().max(1)).unwrap_or(1)
 }
 
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
-pub(super) unsafe fn request_shmem() {
-    pg_sys::RequestAddinShmemSpace(sizes(configured_slots()).3);
+/// # Safety
+/// Called only while shared memory is being sized: from the shmem request hook, or (before 15)
+/// from `_PG_init` while preloading.
+unsafe fn request_shmem() {
+    pg_sys::RequestAddinShmemSpace(layout(configured_slots()).total);
     pg_sys::RequestNamedLWLockTranche(SHMEM_NAME.as_ptr(), 1);
 }
 
@@ -114,7 +133,12 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
         prev();
     }
     let nslots = configured_slots();
-    let (nrecent, slots_at, recent_at, total) = sizes(nslots);
+    let Layout {
+        nrecent,
+        slots_at,
+        recent_at,
+        total,
+    } = layout(nslots);
     // AddinShmemInitLock, as pgrx's own shared-memory initialisation takes it.
     let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
     pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -180,24 +204,27 @@ impl Locked {
     }
 
     pub(super) fn exclusive() -> Locked {
-        // SAFETY: as above.
+        // SAFETY: the lock lives in shared memory for the server's lifetime.
         unsafe { pg_sys::LWLockAcquire(header().lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
         Locked { exclusive: true }
     }
 
     pub(super) fn slots(&self) -> &[Slot] {
-        // SAFETY: held under at least the shared lock.
+        // SAFETY: `self` holds the lock (shared or exclusive), and the slots were sized and
+        // stored at startup; a writer would need the exclusive lock.
         unsafe { shared_slice(&SLOTS, &NSLOTS) }
     }
 
     pub(super) fn slots_mut(&mut self) -> &mut [Slot] {
         assert!(self.exclusive, "slots are written under the exclusive lock");
-        // SAFETY: held exclusively: no other process reads them meanwhile.
+        // SAFETY: `self` holds the lock exclusively (asserted): no other process reads or writes
+        // the slots meanwhile, and `&mut self` rules out another reference from this one.
         unsafe { shared_slice_mut(&SLOTS, &NSLOTS) }
     }
 
     pub(super) fn recent(&self) -> &[Recent] {
-        // SAFETY: as for slots.
+        // SAFETY: `self` holds the lock (shared or exclusive), and the records were sized and
+        // stored at startup; a writer would need the exclusive lock.
         unsafe { shared_slice(&RECENT, &NRECENT) }
     }
 
@@ -206,13 +233,15 @@ impl Locked {
             self.exclusive,
             "fetch records are written under the exclusive lock"
         );
-        // SAFETY: as for slots_mut.
+        // SAFETY: `self` holds the lock exclusively (asserted): no other process reads or writes
+        // the records meanwhile, and `&mut self` rules out another reference from this one.
         unsafe { shared_slice_mut(&RECENT, &NRECENT) }
     }
 
     pub(super) fn next_gen(&mut self) -> u64 {
         assert!(self.exclusive);
-        // SAFETY: written only under the exclusive lock.
+        // SAFETY: `next_gen` is read and written only under the exclusive lock, which `self`
+        // holds (asserted); the header lives as long as the server.
         unsafe {
             let h = HEADER.load(Ordering::Acquire);
             (*h).next_gen += 1;
@@ -225,7 +254,7 @@ impl Locked {
 ///
 /// # Safety
 /// The caller holds the lock in at least shared mode.
-pub(super) unsafe fn shared_slice<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a [T] {
+unsafe fn shared_slice<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a [T] {
     std::slice::from_raw_parts(p.load(Ordering::Acquire), n.load(Ordering::Acquire))
 }
 
@@ -233,7 +262,7 @@ pub(super) unsafe fn shared_slice<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &
 ///
 /// # Safety
 /// The caller holds the lock exclusively, and holds no other reference into the array.
-pub(super) unsafe fn shared_slice_mut<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a mut [T] {
+unsafe fn shared_slice_mut<'a, T>(p: &AtomicPtr<T>, n: &AtomicUsize) -> &'a mut [T] {
     std::slice::from_raw_parts_mut(p.load(Ordering::Acquire), n.load(Ordering::Acquire))
 }
 
@@ -303,7 +332,8 @@ impl Slot {
         self.fetching_since > 0.0 && now - self.fetching_since < lim.timeout + 1.0
     }
 
-    pub(super) fn claim(&mut self, src: &RemoteSource, gen: u64, now: f64) {
+    /// Give this slot to `src`, as a new generation `gen`.
+    pub(super) fn assign(&mut self, src: &RemoteSource, gen: u64, now: f64) {
         // Zero the small fields; the body is overwritten by the next successful fetch.
         self.used = true;
         self.discovery = matches!(src, RemoteSource::Discovery(_));
@@ -317,19 +347,62 @@ impl Slot {
         self.last_attempt = 0.0;
         self.last_failed = false;
         self.fetching_since = 0.0;
-        self.fetcher_pid = 0;
+        self.holder_pid = 0;
         self.last_used_ms.store(now_ms(now), Ordering::Relaxed);
         self.fetches = 0;
     }
 
-    /// Give up this backend's claim on a fetch (cancelled, or the backend is exiting): nobody
+    /// Take the fetch lease for backend `pid` at `now`: this backend fetches, the others wait
+    /// for it or use what the slot holds.
+    pub(super) fn lease_fetch(&mut self, pid: i32, now: f64) {
+        self.fetching_since = now;
+        self.holder_pid = pid;
+        self.last_attempt = now;
+        self.last_used_ms.store(now_ms(now), Ordering::Relaxed);
+    }
+
+    /// Whether this slot still holds `src` with the fetch lease backend `pid` took at `at` (it
+    /// may have been presumed dead after the timeout, and taken over, meanwhile).
+    pub(super) fn leased_by(&self, src: &RemoteSource, pid: i32, at: f64) -> bool {
+        self.holds(src) && self.holder_pid == pid && self.fetching_since == at
+    }
+
+    /// Give up this backend's fetch lease (cancelled, or the backend is exiting): nobody
     /// waits for it any more. The attempt still counts against the rate limit — otherwise
     /// cancelling one's own queries (`statement_timeout` is anyone's to set) would be a way to
     /// make the server fetch as often as one likes — but it is not recorded as a failure.
-    pub(super) fn release_claim(&mut self) {
+    pub(super) fn release_lease(&mut self) {
         self.fetching_since = 0.0;
-        self.fetcher_pid = 0;
+        self.holder_pid = 0;
     }
+
+    /// What the slot holds, copied out to act on once the lock is released; the key set's JSON
+    /// only `with_body` and when there is one.
+    pub(super) fn snapshot(&self, with_body: bool) -> Snapshot {
+        Snapshot {
+            times: self.times(),
+            gen: self.gen,
+            body: (with_body && self.body_len > 0)
+                .then(|| text(&self.body, self.body_len as usize)),
+            url: text(&self.url, self.url_len as usize),
+            fetched_at: self.fetched_at,
+            err: text(&self.err, self.err_len as usize),
+        }
+    }
+}
+
+/// A slot's state for one source, read out of shared memory.
+pub(super) struct Snapshot {
+    pub(super) times: Times,
+    /// The slot generation: bumped whenever the key set changes.
+    pub(super) gen: u64,
+    /// The key set's JSON, copied out only when asked for (a backend that parsed this
+    /// generation already does not need it again).
+    pub(super) body: Option<String>,
+    pub(super) url: String,
+    pub(super) fetched_at: f64,
+    /// The last fetch's error; empty when it succeeded.
+    pub(super) err: String,
 }
 
 /// A fetch record, read out of shared memory.
@@ -382,22 +455,23 @@ pub(super) fn record_recent(l: &mut Locked, src: &RemoteSource, at: f64, outcome
 }
 
 pub(super) fn my_pid() -> i32 {
-    // SAFETY: set at backend start, never changed.
+    // SAFETY: a plain read of a backend global, set at backend start and never changed.
     unsafe { pg_sys::MyProcPid }
 }
 
-/// Registered once per backend that claims a fetch: if it exits mid-fetch (FATAL, shutdown),
-/// its claims are released so that no other backend waits for a fetch nobody will finish.
+/// Registered once per backend that takes a fetch lease: if it exits mid-fetch (FATAL,
+/// shutdown), its leases are released so that no other backend waits for a fetch nobody will
+/// finish.
 #[pg_guard]
-unsafe extern "C-unwind" fn release_claims_at_exit(_code: i32, _arg: pg_sys::Datum) {
+unsafe extern "C-unwind" fn release_leases_at_exit(_code: i32, _arg: pg_sys::Datum) {
     if !shared_mode() {
         return;
     }
     let pid = my_pid();
     let mut l = Locked::exclusive();
     for s in l.slots_mut().iter_mut() {
-        if s.fetcher_pid == pid && s.fetching_since > 0.0 {
-            s.release_claim();
+        if s.holder_pid == pid && s.fetching_since > 0.0 {
+            s.release_lease();
         }
     }
 }
@@ -405,7 +479,8 @@ unsafe extern "C-unwind" fn release_claims_at_exit(_code: i32, _arg: pg_sys::Dat
 pub(super) fn register_exit_callback() {
     thread_local!(static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if !REGISTERED.with(|r| r.replace(true)) {
-        // SAFETY: a plain callback registration in this backend.
-        unsafe { pg_sys::before_shmem_exit(Some(release_claims_at_exit), pg_sys::Datum::from(0)) };
+        // SAFETY: registers a function of the right signature, which lives as long as the
+        // library; PostgreSQL calls it once, in this backend, at exit.
+        unsafe { pg_sys::before_shmem_exit(Some(release_leases_at_exit), pg_sys::Datum::from(0)) };
     }
 }
