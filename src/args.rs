@@ -107,7 +107,8 @@ macro_rules! unbox {
         }
 
         unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-            // SAFETY: as above.
+            // SAFETY: pgrx calls this with an argument of the SQL type declared below; a NULL
+            // comes back as `None`, not read.
             unsafe { arg.unbox_arg_using_from_datum() }.into()
         }
     };

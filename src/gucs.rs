@@ -771,7 +771,8 @@ pub fn str_setting(
     s: &GucSetting<Option<CString>>,
     name: &str,
 ) -> Result<Option<&'static str>, ConfigError> {
-    // SAFETY: see text_of.
+    // SAFETY: a string setting's pointer is NULL or a C string PostgreSQL keeps until the
+    // setting changes, which it cannot while this runs (see text_of).
     unsafe { text_of(*s.as_ptr()) }.map_err(|()| {
         ConfigError::new(
             name,
@@ -784,7 +785,8 @@ pub fn str_setting(
 /// Where a request's token comes from (`kinde_rls.token`, PostgREST's `request.*` settings):
 /// bytes that are not UTF-8 are a refused token, never "no token".
 fn request_text(p: *const c_char, name: &str) -> Result<Option<&'static str>, Refusal> {
-    // SAFETY: see text_of.
+    // SAFETY: `p` is a setting's value as PostgreSQL keeps it, valid until the setting
+    // changes, which it cannot while this runs (see text_of).
     unsafe { text_of(p) }
         .map_err(|()| Refusal::new(Check::Format, format!("{name} is not valid UTF-8")))
 }
