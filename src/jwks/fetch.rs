@@ -15,15 +15,15 @@ use std::time::Duration;
 
 /// Fetch threads of this backend still running, including those whose wait was interrupted
 /// (they finish on their own within their timeout). Bounded by [`MAX_LIVE_FETCHES`].
-pub(super) static LIVE_FETCHES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_FETCHES: AtomicUsize = AtomicUsize::new(0);
 /// A backend whose fetches keep being cancelled while an issuer hangs does not pile up threads.
-pub(super) const MAX_LIVE_FETCHES: usize = 4;
+const MAX_LIVE_FETCHES: usize = 4;
 
 /// Start `f` on a new thread with every signal blocked. A backend is one thread, and
 /// PostgreSQL's handlers (SIGALRM for timeouts, SIGINT for cancel, SIGTERM, SIGUSR1, …) must
 /// only ever run on it: a thread inherits its creator's signal mask, so it — and any thread it
 /// starts in turn, such as the HTTP client's name-resolution helper — never receives them.
-pub(super) fn spawn_signals_blocked(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+fn spawn_signals_blocked(f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     // SAFETY: plain POSIX calls on a local sigset; the old mask is restored on this thread
     // whatever spawn returns. A signal arriving in between stays pending and is delivered to
     // this thread when the mask is restored.
@@ -61,7 +61,7 @@ pub(super) fn pause(ms: i64) {
 /// through pgrx as a caught PostgreSQL error, which pgrx would report with a Rust backtrace in
 /// its DETAIL when the server runs with `RUST_BACKTRACE` set; it is raised again as a plain
 /// report with the same SQLSTATE, message, detail and hint.
-pub(super) fn answer_interrupts() {
+fn answer_interrupts() {
     use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
     let caught = std::panic::catch_unwind(|| {
         pgrx::check_for_interrupts!();
@@ -95,21 +95,21 @@ pub(super) fn answer_interrupts() {
 }
 
 /// Where a fetch thread's answer arrives.
-pub(super) type Answer = mpsc::Receiver<Result<Fetched, String>>;
+type Answer = mpsc::Receiver<Result<Fetched, String>>;
 
 /// A fetch whose wait was interrupted: its thread runs on (it touches nothing of PostgreSQL's).
-pub(super) struct InFlight {
-    pub(super) src: RemoteSource,
-    pub(super) answer: Answer,
+struct InFlight {
+    src: RemoteSource,
+    answer: Answer,
     /// When its request started (wall clock).
-    pub(super) started: f64,
+    started: f64,
     /// After this its answer has long arrived, and is too old to count as a fetch made now.
-    pub(super) stale_after: f64,
+    stale_after: f64,
 }
 
 /// Requests for one source one backend keeps in flight when its statements are cancelled: the
 /// one a cancel abandoned, and a fresh one (the issuer may have recovered meanwhile).
-pub(super) const IN_FLIGHT_PER_SOURCE: usize = 2;
+const IN_FLIGHT_PER_SOURCE: usize = 2;
 
 thread_local! {
     /// This backend's interrupted fetches, while they may still be running. When a source
@@ -171,7 +171,7 @@ pub(super) fn fetch_interruptibly(
 
 /// Wait on the latch for a fetch's answer. If a cancel interrupts the wait, the fetch is kept in
 /// [`ABANDONED`] while it may still run, and the error goes on.
-pub(super) fn wait_for(
+fn wait_for(
     src: &RemoteSource,
     answer: Answer,
     started: f64,

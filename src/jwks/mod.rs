@@ -46,7 +46,7 @@ pub use shmem::{init, shared_mode};
 
 /// Bumped whenever a key set this backend uses changes, so cached verifications made with
 /// keys that were rotated away are dropped.
-pub static KEYS_EPOCH: AtomicU64 = AtomicU64::new(1);
+static KEYS_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// Changes whenever a key set this backend may rely on changes: its own fetches, and in shared
 /// mode any backend's. One relaxed atomic load or two; called on every identity lookup.
@@ -59,7 +59,7 @@ pub fn keys_epoch() -> u64 {
     }
 }
 
-pub(super) fn limits() -> Limits {
+fn limits() -> Limits {
     Limits {
         ttl: f64::from(gucs::JWKS_CACHE_TTL.get()),
         min_refresh: f64::from(gucs::JWKS_MIN_REFRESH.get()),
@@ -68,17 +68,17 @@ pub(super) fn limits() -> Limits {
     }
 }
 
-pub(super) fn timeout(lim: &Limits) -> Duration {
+fn timeout(lim: &Limits) -> Duration {
     Duration::from_secs_f64(lim.timeout)
 }
 
 /// Keys for one source and how long they may be relied on.
-pub(super) struct Got {
-    pub(super) keys: Rc<KeySet>,
-    pub(super) until: f64,
+struct Got {
+    keys: Rc<KeySet>,
+    until: f64,
 }
 
-pub(super) fn warn_stale(src: &RemoteSource, err: &str, fetched_at: f64) {
+fn warn_stale(src: &RemoteSource, err: &str, fetched_at: f64) {
     pgrx::warning!(
         "kinde_rls: could not refresh the keys of {}: {err}; still using the keys fetched {:.0} s ago",
         src.label(),
@@ -87,7 +87,7 @@ pub(super) fn warn_stale(src: &RemoteSource, err: &str, fetched_at: f64) {
 }
 
 /// Why there are no keys to use: the last error, and when keys exist but are too old, their age.
-pub(super) fn unusable(err: &str, t: &Times, fetched_at: f64, now: f64, lim: &Limits) -> String {
+fn unusable(err: &str, t: &Times, fetched_at: f64, now: f64, lim: &Limits) -> String {
     if t.has_keys && !t.usable(now, lim) {
         format!(
             "the keys fetched {:.0} s ago expired {:.0} s ago, longer than kinde_rls.jwks_max_stale ({:.0} s) allows while the issuer cannot be reached; the last fetch failed: {err}",
@@ -185,7 +185,7 @@ pub struct Status {
 }
 
 /// A status row's values from a key set (if any) and its times.
-pub(super) fn status_of(
+fn status_of(
     set: Option<&KeySet>,
     fetched_at: f64,
     expires_at: f64,
