@@ -59,6 +59,44 @@ impl FromDatum for Jsonb {
     }
 }
 
+/// A `jsonb` argument that must be an object (22023 otherwise, naming `arg`).
+pub fn obj_or_raise(claims_json: Jsonb, arg: &str) -> serde_json::Map<String, serde_json::Value> {
+    let bad = |m: String| -> ! {
+        crate::errors::config(&kinde_rls_core::ConfigError::new(
+            arg,
+            m,
+            format!("Pass a jsonb object as {arg}, e.g. '{{\"sub\": \"kp_123\"}}'."),
+        ))
+    };
+    match claims_json.0 {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(_) => bad(format!("{arg} must be a JSON object")),
+        Err(e) => bad(format!("{arg} cannot be read: {e}")),
+    }
+}
+
+/// A token argument: text that is not UTF-8 is not a token (28000, `format`).
+pub fn token_arg<'a>(token: &Text<'a>) -> &'a str {
+    match token.utf8() {
+        Some(t) => t.trim(),
+        None => crate::errors::refuse(&kinde_rls_core::Refusal::new(
+            kinde_rls_core::Check::Format,
+            "the token is not valid UTF-8",
+        )),
+    }
+}
+
+/// A key or algorithm argument: text that is not UTF-8 is a bad argument (22023).
+pub fn arg_text<'a>(value: &Text<'a>, arg: &str) -> &'a str {
+    value.utf8().unwrap_or_else(|| {
+        crate::errors::config(&kinde_rls_core::ConfigError::new(
+            arg,
+            format!("{arg} is not valid UTF-8"),
+            format!("Pass {arg} as UTF-8 text."),
+        ))
+    })
+}
+
 macro_rules! unbox {
     () => {
         unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
@@ -69,7 +107,8 @@ macro_rules! unbox {
         }
 
         unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
-            // SAFETY: as above.
+            // SAFETY: pgrx calls this with an argument of the SQL type declared below; a NULL
+            // comes back as `None`, not read.
             unsafe { arg.unbox_arg_using_from_datum() }.into()
         }
     };
@@ -84,10 +123,14 @@ macro_rules! sql_type {
     };
 }
 
+// SAFETY: unboxing reads the argument with `FromDatum` for `&[u8]`, which is sound for the
+// `text` datum pgrx passes (the SQL type `SqlTranslatable` declares below).
 unsafe impl<'fcx> ArgAbi<'fcx> for Text<'fcx> {
     unbox!();
 }
 
+// SAFETY: unboxing reads the argument with `FromDatum` for `Jsonb`, which calls `jsonb_out` on
+// the `jsonb` datum pgrx passes (the SQL type `SqlTranslatable` declares below).
 unsafe impl<'fcx> ArgAbi<'fcx> for Jsonb {
     unbox!();
 }
@@ -98,7 +141,7 @@ unsafe impl SqlTranslatable for Text<'_> {
     sql_type!("TEXT");
 }
 
-// SAFETY: as above.
+// SAFETY: the SQL type is the one the datum is read as (`jsonb`, through `jsonb_out`).
 unsafe impl SqlTranslatable for Jsonb {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Jsonb);
     sql_type!("jsonb");

@@ -6,6 +6,9 @@
 //! Assign hooks bump [`CONFIG_GEN`] / [`TOKEN_GEN`] on every change (including the revert of a
 //! `SET LOCAL` at transaction end), which is how caches know they are stale without comparing
 //! strings on every row.
+//!
+//! Registered with `DefineCustom*Variable` directly, not pgrx's `GucRegistry`: that cannot attach
+//! the check, assign and show hooks (nor the `GucSource`-aware checks) these settings rely on.
 
 use kinde_rls_core::{Check, ConfigError, Refusal};
 use pgrx::guc::{GucFlags, GucSetting};
@@ -92,6 +95,9 @@ static REQUEST_SOURCE: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), A
 
 /// Memory for a GUC `extra`, which PostgreSQL frees itself: `malloc` before 16, `guc_malloc`
 /// (its own memory context) since.
+///
+/// # Safety
+/// Called from a check hook, whose `extra` PostgreSQL takes over (and frees).
 unsafe fn guc_extra(size: usize) -> *mut c_void {
     #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
     {
@@ -145,6 +151,8 @@ unsafe extern "C-unwind" fn request_check(
     true
 }
 
+/// # Safety
+/// `extra` is the assign hook's argument: NULL, or what [`request_check`] stored (a `u32`).
 unsafe fn request_assigned(r: Request, extra: *mut c_void) {
     let source = if extra.is_null() {
         pg_sys::GucSource::PGC_S_DEFAULT
@@ -359,6 +367,8 @@ unsafe extern "C-unwind" fn show_secret() -> *const c_char {
     SECRET_MASK.as_ptr()
 }
 
+/// # Safety
+/// Called only from [`define_all`] (see the SAFETY note there).
 #[allow(clippy::too_many_arguments)]
 unsafe fn define_string(
     name: &'static CStr,
@@ -387,6 +397,8 @@ unsafe fn define_string(
     );
 }
 
+/// # Safety
+/// As for [`define_string`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn define_int(
     name: &'static CStr,
@@ -423,6 +435,11 @@ pub fn init() {
 fn define_all() {
     use pg_sys::GucContext::{PGC_SUSET, PGC_USERSET};
     let none = GucFlags::empty();
+    // SAFETY: called once, from `_PG_init`, in the process loading the library, as PostgreSQL
+    // requires for `DefineCustom*Variable`; every name, description and boot value is a
+    // `'static` C string, every variable a `'static` `GucSetting` that PostgreSQL writes
+    // through `as_ptr()` for the life of the process, and every hook an `extern "C-unwind"`
+    // function with the signature PostgreSQL calls it with.
     unsafe {
         PRELOADED.store(
             pg_sys::process_shared_preload_libraries_in_progress,
@@ -687,6 +704,9 @@ impl Request {
 
 /// Define the request settings (see [`Request`]) unless `kinde_rls.watch_request_settings` is
 /// off; if any of them was defined already, watch none of them.
+///
+/// # Safety
+/// As for [`define_string`].
 unsafe fn watch_request_settings() {
     pg_sys::DefineCustomBoolVariable(
         c"kinde_rls.watch_request_settings".as_ptr(),
@@ -751,7 +771,8 @@ pub fn str_setting(
     s: &GucSetting<Option<CString>>,
     name: &str,
 ) -> Result<Option<&'static str>, ConfigError> {
-    // SAFETY: see text_of.
+    // SAFETY: a string setting's pointer is NULL or a C string PostgreSQL keeps until the
+    // setting changes, which it cannot while this runs (see text_of).
     unsafe { text_of(*s.as_ptr()) }.map_err(|()| {
         ConfigError::new(
             name,
@@ -764,7 +785,8 @@ pub fn str_setting(
 /// Where a request's token comes from (`kinde_rls.token`, PostgREST's `request.*` settings):
 /// bytes that are not UTF-8 are a refused token, never "no token".
 fn request_text(p: *const c_char, name: &str) -> Result<Option<&'static str>, Refusal> {
-    // SAFETY: see text_of.
+    // SAFETY: `p` is a setting's value as PostgreSQL keeps it, valid until the setting
+    // changes, which it cannot while this runs (see text_of).
     unsafe { text_of(p) }
         .map_err(|()| Refusal::new(Check::Format, format!("{name} is not valid UTF-8")))
 }

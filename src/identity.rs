@@ -17,7 +17,10 @@
 //! keyed so that they cannot serve a stale answer: any change of a verification setting clears
 //! them (via [`CONFIG_GEN`]); an entry is used only while `exp + leeway` lies ahead of the
 //! statement's start time; the token cache holds at most `kinde_rls.cache_size` entries and
-//! evicts the oldest first.
+//! evicts the oldest first. Three caches, each with one owner and one `invalidate()`:
+//! [`ConfigCache`] (the parsed settings, and the secret file they were read with),
+//! [`TokenCache`] (verified tokens, and the key epoch they were verified in) and [`LastAnswer`]
+//! (the per-row fast path); [`State::sync`] says which change invalidates which.
 
 use kinde_rls_core::{claims, config, token, Config, ConfigError, Error, Refusal, Settings};
 use serde_json::{Map, Value};
@@ -105,6 +108,7 @@ enum Key {
     },
 }
 
+/// The answer of the last lookup.
 struct Last {
     key: Key,
     identity: Option<Rc<Identity>>,
@@ -114,20 +118,46 @@ struct Last {
     until: i64,
 }
 
+/// What one backend remembers between lookups.
 #[derive(Default)]
 struct State {
-    config_gen: u64,
-    keys_epoch: u64,
+    config: ConfigCache,
+    tokens: TokenCache,
+    last: LastAnswer,
+    /// The token generation last warned about as session-level.
+    warned_token_gen: u64,
+}
+
+/// The verification settings, parsed once per change of them ([`CONFIG_GEN`]) or of the secret
+/// file's content.
+#[derive(Default)]
+struct ConfigCache {
     config: Option<Rc<Config>>,
-    cache: TokenCache,
-    last: Option<Last>,
+    /// [`CONFIG_GEN`] as last seen.
+    gen: u64,
     /// The secret file as it was when `config` was built.
-    secret_file_stamp: FileStamp,
+    secret_file_stamp: Option<FileStamp>,
     /// Statement start (µs) at which the secret file was last looked at: once per statement,
     /// on every path (the per-row fast path and cache hits included).
     stamp_checked_at: i64,
-    /// The token generation last warned about as session-level.
-    warned_token_gen: u64,
+}
+
+/// The last lookup's answer: `get_user_id()` once per row costs a comparison of generations.
+#[derive(Default)]
+struct LastAnswer(Option<Last>);
+
+impl LastAnswer {
+    fn get(&self) -> Option<&Last> {
+        self.0.as_ref()
+    }
+
+    fn set(&mut self, last: Last) {
+        self.0 = Some(last);
+    }
+
+    fn invalidate(&mut self) {
+        self.0 = None;
+    }
 }
 
 /// Verified tokens, compared on the whole token but hashed on its length and last 32 bytes
@@ -138,6 +168,9 @@ struct State {
 struct TokenCache {
     map: HashMap<[u8; 40], Bucket>,
     order: VecDeque<Rc<str>>,
+    /// [`jwks::keys_epoch`] as last seen: fetched keys that changed (rotation) drop what was
+    /// verified with the old ones.
+    keys_epoch: u64,
 }
 
 /// The cached tokens sharing a hash key (in practice one).
@@ -204,7 +237,14 @@ impl TokenCache {
         self.order.push_back(t);
     }
 
-    fn clear(&mut self) {
+    /// Whether the fetched keys changed since the last call (then the entries are stale).
+    fn keys_changed(&mut self, epoch: u64) -> bool {
+        let changed = self.keys_epoch != epoch;
+        self.keys_epoch = epoch;
+        changed
+    }
+
+    fn invalidate(&mut self) {
         self.map.clear();
         self.order.clear();
     }
@@ -218,26 +258,36 @@ thread_local! {
 /// statement (and its parallel workers), so a scan never changes its mind half way.
 pub fn now() -> i64 {
     const PG_EPOCH_OFFSET: i64 = 946_684_800;
+    // SAFETY: reads a timestamp of the current transaction; callable in any backend state.
     let ts = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
 }
 
 /// Identity of the secret file's content, to notice when it is replaced: written in place
 /// (modification time, size) or swapped for another file (`mv`: device and inode, change time).
-type FileStamp = Option<(u64, u64, i64, i64, i64, i64, u64)>;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+    size: u64,
+}
 
-fn stamp(path: &str) -> FileStamp {
+fn stamp(path: &str) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.dev(),
-        m.ino(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-        m.size(),
-    ))
+    Some(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec(),
+        size: m.size(),
+    })
 }
 
 /// Read `kinde_rls.secret_file`: it must not be readable by other OS users, and its content
@@ -322,11 +372,15 @@ fn secret_setting() -> Result<(Option<String>, Option<&'static str>), ConfigErro
     }
 }
 
-impl State {
-    fn sync(&mut self) {
+impl ConfigCache {
+    /// Notice a change of the settings or of the secret file, and forget the configuration;
+    /// returns whether it was forgotten (then everything verified with it is stale too).
+    fn sync(&mut self) -> bool {
+        let mut changed = false;
         // A replaced secret file invalidates everything verified with the old secret. Looked at
         // once per statement, here, so that a cache hit or the per-row fast path cannot keep an
         // identity the new secret would refuse.
+        // SAFETY: reads a timestamp of the current transaction; callable in any backend state.
         let stmt = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
         if stmt != self.stamp_checked_at {
             self.stamp_checked_at = stmt;
@@ -337,29 +391,21 @@ impl State {
                     _ => None,
                 };
                 if now_stamp != self.secret_file_stamp {
-                    self.config = None;
-                    self.cache.clear();
-                    self.last = None;
+                    self.invalidate();
+                    changed = true;
                 }
             }
         }
         let gen = CONFIG_GEN.load(Ordering::Relaxed);
-        let epoch = jwks::keys_epoch();
-        if self.keys_epoch != epoch {
-            // Fetched keys changed (rotation): drop what was verified with the old ones.
-            self.keys_epoch = epoch;
-            self.cache.clear();
-            self.last = None;
+        if self.gen != gen {
+            self.gen = gen;
+            self.invalidate();
+            changed = true;
         }
-        if self.config_gen != gen {
-            self.config_gen = gen;
-            self.config = None;
-            self.cache.clear();
-            self.last = None;
-        }
+        changed
     }
 
-    fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
+    fn get(&mut self) -> Result<Rc<Config>, ConfigError> {
         if let Some(c) = &self.config {
             return Ok(c.clone());
         }
@@ -373,6 +419,28 @@ impl State {
         self.config = Some(c.clone());
         self.secret_file_stamp = file_stamp;
         Ok(c)
+    }
+
+    fn invalidate(&mut self) {
+        self.config = None;
+    }
+}
+
+impl State {
+    /// Before each lookup: a change of the settings or the secret file invalidates the
+    /// configuration, and it or a change of the fetched keys invalidates every verified token
+    /// and the last answer.
+    fn sync(&mut self) {
+        let config_changed = self.config.sync();
+        let keys_changed = self.tokens.keys_changed(jwks::keys_epoch());
+        if config_changed || keys_changed {
+            self.tokens.invalidate();
+            self.last.invalidate();
+        }
+    }
+
+    fn config(&mut self) -> Result<Rc<Config>, ConfigError> {
+        self.config.get()
     }
 
     /// `verify_jwt(token)`: the token verified against the configuration, through the cache.
@@ -397,7 +465,7 @@ impl State {
         now: i64,
         request: bool,
     ) -> Result<Option<Rc<Identity>>, Error> {
-        if let Some(id) = self.cache.get(token) {
+        if let Some(id) = self.tokens.get(token) {
             if now < id.valid_until {
                 let id = id.clone();
                 // A cached identity with a `sub` cannot be anonymous; one without (possible with
@@ -441,7 +509,7 @@ impl State {
         let valid_until = verified.exp.saturating_add(config.leeway()).min(keys_until);
         let id = Rc::new(Identity::from_verified(verified, valid_until));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
-        self.cache.insert(token, id.clone(), cap);
+        self.tokens.insert(token, id.clone(), cap);
         Ok(Some(id))
     }
 }
@@ -634,7 +702,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     let token_gen = TOKEN_GEN.load(Ordering::Relaxed);
     let watching = gucs::WATCHING_REQUEST.load(Ordering::Relaxed);
     let request_gen = gucs::REQUEST_GEN.load(Ordering::Relaxed);
-    if let Some(last) = &s.last {
+    if let Some(last) = s.last.get() {
         if now < last.until {
             match last.key {
                 Key::Token(g) if g == token_gen => {
@@ -651,9 +719,9 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     }
     if let Some(token) = gucs::token()? {
         warn_if_session_token(s, token_gen);
-        s.last = None;
+        s.last.invalidate();
         let identity = s.identify(token.trim(), now)?;
-        s.last = Some(Last {
+        s.last.set(Last {
             key: Key::Token(token_gen),
             until: until(&identity),
             identity: identity.clone(),
@@ -672,12 +740,12 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
             texts: Request::ALL.map(|r| gucs::request_setting(r).ok().flatten().map(String::from)),
         }
     };
-    if let Some(last) = &s.last {
+    if let Some(last) = s.last.get() {
         if last.key == key && now < last.until {
             return Ok(last.identity.clone());
         }
     }
-    s.last = None;
+    s.last.invalidate();
     // Each source is read only if the ones before it gave no token, and only when it was set in
     // the session: a value the session inherited (a role or database default) is not this
     // request's (see gucs::set_in_session).
@@ -702,7 +770,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     } else {
         (None, i64::MAX)
     };
-    s.last = Some(Last {
+    s.last.set(Last {
         key,
         identity: identity.clone(),
         until,

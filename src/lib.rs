@@ -3,17 +3,22 @@
 //!
 //! The SQL functions here are thin: verification, keys and claim logic live in the
 //! `kinde_rls_core` crate; settings in [`gucs`]; the request identity and its caches in
-//! [`identity`]; the SQLSTATE mapping in [`errors`].
+//! [`identity`]; fetched keys in [`jwks`]; the SQLSTATE mapping in [`errors`]; how arguments
+//! and `jsonb` results cross into Rust in [`args`] and [`jsonb`].
+
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use pgrx::prelude::*;
-use serde_json::{Map, Value};
 
 mod args;
 mod errors;
 mod gucs;
 mod identity;
+mod jsonb;
 mod jwks;
 
+use args::{arg_text, obj_or_raise, token_arg, Jsonb, Text};
+use jsonb::RawJsonB;
 use kinde_rls_core::{claims, explicit_keys, Error, Policy};
 
 ::pgrx::pg_module_magic!(name, version);
@@ -22,123 +27,6 @@ use kinde_rls_core::{claims, explicit_keys, Error, Policy};
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     jwks::init();
-}
-
-/// A `jsonb` result made straight from JSON text that was already validated (a token's payload),
-/// skipping the round trip through a `serde_json` map that `JsonB` would make.
-pub struct RawJsonB(std::ffi::CString);
-
-impl RawJsonB {
-    /// One copy of the text, NUL-terminated for `jsonb_in`. The text is JSON that was parsed
-    /// already, so it holds no raw NUL; should one appear, fail closed to JSON null.
-    fn new(json: &str) -> Self {
-        RawJsonB(std::ffi::CString::new(json).unwrap_or_else(|_| c"null".to_owned()))
-    }
-}
-
-impl pgrx::IntoDatum for RawJsonB {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        // The payload was validated (no NUL, numbers jsonb can hold), so jsonb_in is not
-        // expected to refuse it; should it (a \u escape beyond ASCII in a database that is not
-        // UTF8), that is a token this database cannot represent: refused, never an error
-        // from deep inside (with a Rust backtrace when RUST_BACKTRACE is set).
-        let text = std::panic::AssertUnwindSafe(self.0);
-        pgrx::PgTryBuilder::new(move || unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::jsonb_in,
-                &[Some(pg_sys::Datum::from(text.as_ptr()))],
-            )
-        })
-        .catch_others(|e| {
-            let why = match &e {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(r)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(r)
-                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    r.message().to_owned()
-                }
-            };
-            errors::refuse(&kinde_rls_core::Refusal::new(
-                kinde_rls_core::Check::Format,
-                format!("the claims cannot be stored as jsonb in this database ({why})"),
-            ))
-        })
-        .execute()
-    }
-
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBOID
-    }
-}
-
-unsafe impl pgrx::callconv::BoxRet for RawJsonB {
-    unsafe fn box_into<'fcx>(
-        self,
-        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
-    ) -> pgrx::datum::Datum<'fcx> {
-        match pgrx::IntoDatum::into_datum(self) {
-            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
-            None => fcinfo.return_null(),
-        }
-    }
-}
-
-unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RawJsonB {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonB);
-    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
-        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
-    const ARGUMENT_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
-    ));
-}
-
-fn current() -> Option<std::rc::Rc<identity::Identity>> {
-    identity::current().unwrap_or_else(|e| errors::raise(&e))
-}
-
-use args::{Jsonb, Text};
-
-fn obj_or_raise(claims_json: Jsonb, arg: &str) -> Map<String, Value> {
-    let bad = |m: String| -> ! {
-        errors::config(&kinde_rls_core::ConfigError::new(
-            arg,
-            m,
-            format!("Pass a jsonb object as {arg}, e.g. '{{\"sub\": \"kp_123\"}}'."),
-        ))
-    };
-    match claims_json.0 {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => bad(format!("{arg} must be a JSON object")),
-        Err(e) => bad(format!("{arg} cannot be read: {e}")),
-    }
-}
-
-/// A token argument: text that is not UTF-8 is not a token (28000, `format`).
-fn token_arg<'a>(token: &Text<'a>) -> &'a str {
-    match token.utf8() {
-        Some(t) => t.trim(),
-        None => errors::refuse(&kinde_rls_core::Refusal::new(
-            kinde_rls_core::Check::Format,
-            "the token is not valid UTF-8",
-        )),
-    }
-}
-
-/// A key or algorithm argument: text that is not UTF-8 is a bad argument (22023).
-fn arg_text<'a>(value: &Text<'a>, arg: &str) -> &'a str {
-    value.utf8().unwrap_or_else(|| {
-        errors::config(&kinde_rls_core::ConfigError::new(
-            arg,
-            format!("{arg} is not valid UTF-8"),
-            format!("Pass {arg} as UTF-8 text."),
-        ))
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,31 +130,8 @@ fn jwt_explain(
     )
 }
 
-/// A configuration error as one line for a diagnostic row: the message, then how to fix it.
-fn config_text(e: &kinde_rls_core::ConfigError) -> String {
-    format!("{} (hint: {})", e.message, e.hint)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Keys fetched from issuers
-
-/// The distinct key URLs of the current configuration, with the issuer each serves.
-fn remote_sources() -> Vec<(Option<String>, kinde_rls_core::RemoteSource)> {
-    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
-    let mut out: Vec<(Option<String>, kinde_rls_core::RemoteSource)> = Vec::new();
-    for p in &config.providers {
-        if let Some(src) = &p.remote {
-            if !out.iter().any(|(_, s)| s == src) {
-                out.push((issuer_label(p), src.clone()));
-            }
-        }
-    }
-    out
-}
-
-fn issuer_label(p: &kinde_rls_core::Provider) -> Option<String> {
-    (!p.policy.issuers.is_empty()).then(|| p.policy.issuers.join(", "))
-}
 
 /// Fetch every configured key URL now, whatever the cache holds; returns the number of keys
 /// loaded. Failures are WARNINGs; if every fetch fails, an ERROR (SQLSTATE 08000).
@@ -442,6 +307,37 @@ fn get_feature_flag(name: Text) -> Option<RawJsonB> {
         let flags = i.claim_json("feature_flags")?;
         claims::feature_flag_json(flags, name).map(RawJsonB::new)
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the functions above share
+
+/// The identity of the current request; a token that does not verify is raised as an error.
+fn current() -> Option<std::rc::Rc<identity::Identity>> {
+    identity::current().unwrap_or_else(|e| errors::raise(&e))
+}
+
+/// The distinct key URLs of the current configuration, with the issuer each serves.
+fn remote_sources() -> Vec<(Option<String>, kinde_rls_core::RemoteSource)> {
+    let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
+    let mut out: Vec<(Option<String>, kinde_rls_core::RemoteSource)> = Vec::new();
+    for p in &config.providers {
+        if let Some(src) = &p.remote {
+            if !out.iter().any(|(_, s)| s == src) {
+                out.push((issuer_label(p), src.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn issuer_label(p: &kinde_rls_core::Provider) -> Option<String> {
+    (!p.policy.issuers.is_empty()).then(|| p.policy.issuers.join(", "))
+}
+
+/// A configuration error as one line for a diagnostic row: the message, then how to fix it.
+fn config_text(e: &kinde_rls_core::ConfigError) -> String {
+    format!("{} (hint: {})", e.message, e.hint)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
