@@ -53,16 +53,16 @@ def _keys_db(cluster, settings: dict) -> str:
         su.execute(f"CREATE DATABASE {name}")
     with cluster.connect(dbname=name) as su:
         su.execute("CREATE EXTENSION kinde_rls")
-        # The main cluster's HMAC secret (ALTER SYSTEM) is not part of these tests.
+        # No HMAC secret is part of these tests.
         settings = {"secret_file": "", **settings}
         for k, v in settings.items():
             su.execute(f"ALTER DATABASE {name} SET kinde_rls.{k} = '{v}'")
     return name
 
 
-@pytest.fixture
-def keys_db(cluster):
-    """keys_db(domain=..., jwks_min_refresh=...) → a function connecting as app_user."""
+def _keys_db_maker(cluster):
+    """A function make(**settings) → connect(): a database with these settings, connecting as
+    app_user; the databases are dropped afterwards."""
     made = []
 
     def make(**settings):
@@ -79,6 +79,27 @@ def keys_db(cluster):
     with cluster.connect() as su:
         for name in made:
             su.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def keys_cluster():
+    """Preloaded, for this file's key-fetching tests alone. They count fetches and watch the
+    shared key cache, so they must not find its slots taken by the issuers of other test files
+    run before them in the same session (a slot is given up only after a minute unused)."""
+    c = Cluster("keys", preload=True)
+    try:
+        with c.connect() as su:
+            su.execute("CREATE ROLE app_user LOGIN")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def keys_db(keys_cluster):
+    """keys_db(domain=..., jwks_min_refresh=...) → a function connecting as app_user to a new
+    database of keys_cluster with these settings."""
+    yield from _keys_db_maker(keys_cluster)
 
 
 def notices(conn):
