@@ -258,7 +258,7 @@ thread_local! {
 /// statement (and its parallel workers), so a scan never changes its mind half way.
 pub fn now() -> i64 {
     const PG_EPOCH_OFFSET: i64 = 946_684_800;
-    // SAFETY: reads a timestamp of the current transaction; callable in any backend state.
+    // SAFETY: reads the current statement's start timestamp; callable in any backend state.
     let ts = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
 }
@@ -380,7 +380,7 @@ impl ConfigCache {
         // A replaced secret file invalidates everything verified with the old secret. Looked at
         // once per statement, here, so that a cache hit or the per-row fast path cannot keep an
         // identity the new secret would refuse.
-        // SAFETY: reads a timestamp of the current transaction; callable in any backend state.
+        // SAFETY: reads the current statement's start timestamp; callable in any backend state.
         let stmt = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
         if stmt != self.stamp_checked_at {
             self.stamp_checked_at = stmt;

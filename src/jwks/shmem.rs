@@ -211,7 +211,8 @@ impl Locked {
 
     pub(super) fn slots(&self) -> &[Slot] {
         // SAFETY: `self` holds the lock (shared or exclusive), and the slots were sized and
-        // stored at startup; a writer would need the exclusive lock.
+        // stored at startup. Their plain fields are written only under the exclusive lock; under
+        // the shared one a reader may update only atomic fields (`last_used_ms`).
         unsafe { shared_slice(&SLOTS, &NSLOTS) }
     }
 
@@ -224,7 +225,7 @@ impl Locked {
 
     pub(super) fn recent(&self) -> &[Recent] {
         // SAFETY: `self` holds the lock (shared or exclusive), and the records were sized and
-        // stored at startup; a writer would need the exclusive lock.
+        // stored at startup; they are written only under the exclusive lock.
         unsafe { shared_slice(&RECENT, &NRECENT) }
     }
 
