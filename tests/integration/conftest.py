@@ -21,6 +21,7 @@ def signers():
         "rsa_other": Signer("rsa"),
         "p256": Signer("p256"),
         "p384": Signer("p384"),
+        "p521": Signer("p521"),
         "ed25519": Signer("ed25519"),
         "rsa1024": Signer("rsa1024"),
         "stranger": Signer("rsa"),
@@ -40,7 +41,7 @@ def cluster(signers):
             db.execute("CREATE ROLE app_user LOGIN")
             db.execute("GRANT authenticated TO app_user")
             db.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON todos TO app_user")
-            keyset = jwks(*(signers[k] for k in ("rsa", "rsa_other", "p256", "p384", "ed25519")))
+            keyset = jwks(*(signers[k] for k in ("rsa", "rsa_other", "p256", "p384", "p521", "ed25519")))
             db.execute(f"ALTER DATABASE app SET kinde_rls.jwks = '{keyset}'")
             db.execute(f"ALTER DATABASE app SET kinde_rls.issuer = '{KINDE_ISS}'")
             # The HMAC secret lives in a file only the server can read; the setting is a path.

@@ -68,6 +68,8 @@ class Signer:
             self.key = ec.generate_private_key(ec.SECP256R1())
         elif kind == "p384":
             self.key = ec.generate_private_key(ec.SECP384R1())
+        elif kind == "p521":
+            self.key = ec.generate_private_key(ec.SECP521R1())
         elif kind == "ed25519":
             self.key = ed25519.Ed25519PrivateKey.generate()
         else:

@@ -14,7 +14,7 @@ from kinde import CLIENT_SECRET, KINDE_ISS, hs256_resign, kinde_access_claims, k
 ASYMMETRIC = [
     ("rsa", "RS256"), ("rsa", "RS384"), ("rsa", "RS512"),
     ("rsa", "PS256"), ("rsa", "PS384"), ("rsa", "PS512"),
-    ("p256", "ES256"), ("p384", "ES384"), ("ed25519", "EdDSA"),
+    ("p256", "ES256"), ("p384", "ES384"), ("p521", "ES512"), ("ed25519", "EdDSA"),
 ]
 
 
@@ -59,7 +59,7 @@ def test_explicit_pem_key(user_conn, signers, kind, alg):
     assert one(user_conn, "SELECT verify_jwt(%s, %s, %s)->>'sub'", (t, pem_public(s.key), alg)) == "kp_pem"
 
 
-@pytest.mark.parametrize("kind,alg", [("rsa", "RS256"), ("p256", "ES256"), ("ed25519", "EdDSA")])
+@pytest.mark.parametrize("kind,alg", [("rsa", "RS256"), ("p256", "ES256"), ("p521", "ES512"), ("ed25519", "EdDSA")])
 def test_explicit_jwk_and_jwks_text(user_conn, signers, kind, alg):
     s = signers[kind]
     t = s.sign(kinde_access_claims("kp_jwk"), alg)
@@ -464,3 +464,81 @@ def test_numbers_jsonb_cannot_hold_are_refused_alike(cluster, number):
         for sql in ["SELECT get_user_id()", "SELECT get_claims()", "SELECT has_role('admin')"]:
             refused(c, sql, check="format")
         c.execute("RESET kinde_rls.token")
+
+
+# ---------------------------------------------------------------------------------------------
+# jws_verify(): a signature over any bytes, no claim rules
+
+PAYLOADS = [b"", b"foo", bytes(range(256)), json.dumps({"exp": 1}).encode()]
+
+
+def pyjws(payload: bytes, key, alg: str, headers=None) -> str:
+    return jwt.api_jws.PyJWS().encode(payload, key, algorithm=alg, headers=headers)
+
+
+@pytest.mark.parametrize("kind,alg", ASYMMETRIC)
+def test_jws_verify_returns_the_payload_bytes(user_conn, signers, kind, alg):
+    s = signers[kind]
+    for payload in PAYLOADS:
+        t = pyjws(payload, s.key, alg, {"kid": s.kid})
+        for key in (pem_public(s.key), json.dumps(s.jwk()), json.dumps({"keys": [s.jwk()]})):
+            assert one(user_conn, "SELECT jws_verify(%s, %s)", (t, key)) == payload
+        assert one(user_conn, "SELECT jws_verify(%s, %s, %s)", (t, pem_public(s.key), alg)) == payload
+
+
+def test_jws_verify_with_secrets_and_oct_keys(user_conn):
+    secret = CLIENT_SECRET + "x" * 20
+    oct_jwk = json.dumps({"kty": "oct", "k": b64(secret.encode()), "kid": "o1"})
+    for alg in ["HS256", "HS384", "HS512"]:
+        t = pyjws(b"webhook body", secret, alg)
+        assert one(user_conn, "SELECT jws_verify(%s, %s)", (t, secret)) == b"webhook body"
+        assert one(user_conn, "SELECT jws_verify(%s, %s)", (t, oct_jwk)) == b"webhook body"
+    # The secret must be as long as the token's hash: 50 bytes serve HS384, not HS512.
+    t = pyjws(b"x", CLIENT_SECRET, "HS512")
+    e = refused(user_conn, "SELECT jws_verify(%s, %s)", (t, CLIENT_SECRET), check="algorithm")
+    assert "64 bytes" in e.diag.message_detail
+
+
+def test_jws_verify_refusals_name_the_check(user_conn, signers):
+    s = signers["rsa"]
+    pem = pem_public(s.key)
+    good = pyjws(b"foo", s.key, "RS256")
+    h, p, sig = good.split(".")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (f"{h}.{b64(b'bar')}.{sig}", pem), check="signature")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (f"{h}.{p}.", pem), check="signature")
+    refused(user_conn, "SELECT jws_verify(%s, %s, 'PS256')", (good, pem), check="algorithm")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (f"{b64({'alg': 'none'})}.{p}.", pem), check="algorithm")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (good, pem_public(signers["rsa_other"].key)), check="signature")
+    # A public key is never an HMAC secret: an HS256 token signed with the PEM text is refused.
+    forged = pyjws(b"foo", "x" * 64, "HS256")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (forged, pem), check="algorithm")
+    serialized = json.dumps({"payload": p, "protected": h, "signature": sig})
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (serialized, pem), check="format")
+    crit = pyjws(b"foo", s.key, "RS256", {"b64": False, "crit": ["b64"]})
+    refused(user_conn, "SELECT jws_verify(%s, %s)", (crit, pem), check="format")
+    refused(user_conn, "SELECT jws_verify(%s, %s)", ("a.b.c.d.e", pem), check="format")
+    # Neither the token nor its signature appears in what the client sees.
+    e = refused(user_conn, "SELECT jws_verify(%s, %s)", (f"{h}.{b64(b'bar')}.{sig}", pem), check="signature")
+    for text in (e.diag.message_primary, e.diag.message_detail or "", e.diag.message_hint or ""):
+        assert sig not in text and p not in text
+
+
+def test_jws_verify_bad_keys_are_argument_errors(user_conn, signers):
+    t = pyjws(b"foo", signers["p256"].key, "ES256")
+    mixed = json.dumps({"keys": [signers["p256"].jwk(), {"kty": "oct", "k": b64(b"k" * 32)}]})
+    e = config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, mixed), setting="key")
+    assert "mixes shared secrets" in e.diag.message_primary
+    config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, pem_private(signers["p256"].key)), setting="key")
+    config_error(user_conn, "SELECT jws_verify(%s, 'short')", (t,), setting="key")
+    config_error(user_conn, "SELECT jws_verify(%s, %s, 'ES521')", (t, json.dumps(signers["p256"].jwk())), setting="algorithm")
+    config_error(user_conn, "SELECT jws_verify(%s, %s, 'ES512')", (t, json.dumps(signers["p256"].jwk())), setting="algorithm")
+    enc = dict(signers["p256"].jwk(), use="enc")
+    config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, json.dumps(enc)), setting="key")
+
+
+def test_jws_verify_is_immutable_and_strict(user_conn, signers):
+    assert one(user_conn, "SELECT jws_verify(NULL, 'k') IS NULL")
+    s = signers["ed25519"]
+    t = pyjws(b"doc", s.key, "EdDSA")
+    # Immutable: usable where PostgreSQL needs it, e.g. folded once for a constant argument.
+    assert one(user_conn, "SELECT convert_from(jws_verify(%s, %s), 'UTF8')", (t, pem_public(s.key))) == "doc"
