@@ -22,6 +22,8 @@ pub mod pipeline;
 pub mod rules;
 pub mod sign;
 pub mod token;
+#[cfg(test)]
+mod vectors;
 
 pub use alg::Alg;
 pub use config::{Config, Provider, Settings};
