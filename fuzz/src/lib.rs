@@ -393,7 +393,7 @@ fn accepted(t: &str, v: &Verified) {
 }
 
 /// The parse_token target: every parser a token meets; what `parse` accepts has a claim map
-/// and is what `decode_parts` reads too.
+/// and is what `decode_parts` and `parse_jws` read too.
 pub fn parse_token(data: &[u8]) {
     let _ = token::parse_object(data, "payload");
     let Ok(s) = std::str::from_utf8(data) else {
@@ -401,6 +401,7 @@ pub fn parse_token(data: &[u8]) {
     };
     let _ = token::looks_like_compact(s);
     let parts = token::decode_parts(s);
+    let jws = token::parse_jws(s);
     if let Ok(p) = token::parse(s) {
         let claims = parsed_has_claims(&p.payload_json, &p.payload);
         let parts = parts.unwrap_or_else(|r| panic!("parse accepts, decode_parts refuses: {r}"));
@@ -408,7 +409,16 @@ pub fn parse_token(data: &[u8]) {
         assert_eq!(parts.payload, claims);
         assert_eq!(parts.payload_json, p.payload_json);
         assert_eq!(parts.signing_input, p.signing_input);
-        assert_eq!(parts.signature_b64, p.signature_b64);
+        assert_eq!(
+            token::b64_decode(parts.signature_b64, "signature").ok(),
+            Some(p.signature.clone())
+        );
+        // jws_verify's parser reads every token the token parser reads, the same way.
+        let j = jws.unwrap_or_else(|r| panic!("parse accepts, parse_jws refuses: {r}"));
+        assert_eq!(j.header, p.header);
+        assert_eq!(j.payload, p.payload_json.as_bytes());
+        assert_eq!((j.signing_input, j.signature), (p.signing_input, p.signature));
+        assert_eq!((j.alg, j.kid), (p.alg, p.kid));
     }
 }
 
