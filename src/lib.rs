@@ -44,8 +44,11 @@ fn verify_jwt(token: Text) -> RawJsonB {
 #[pg_extern(name = "verify_jwt", stable, strict, parallel_safe)]
 fn verify_jwt_with_key(token: Text, key: Text, algorithm: default!(Text, "'HS256'")) -> RawJsonB {
     let token = token_arg(&token).to_owned();
-    let (keys, alg) = explicit_keys(arg_text(&key, "key"), arg_text(&algorithm, "algorithm"))
-        .unwrap_or_else(|e| errors::config(&e));
+    let (keys, alg) = explicit_keys(
+        arg_text(&key, "key"),
+        Some(arg_text(&algorithm, "algorithm")),
+    )
+    .unwrap_or_else(|e| errors::config(&e));
     let policy = Policy {
         issuers: vec![],
         audiences: vec![],
@@ -54,11 +57,35 @@ fn verify_jwt_with_key(token: Text, key: Text, algorithm: default!(Text, "'HS256
     };
     let now = identity::now();
     let verified = errors::guarded(move || {
-        kinde_rls_core::verify_expecting(&token, &keys, &policy, now, Some(alg))
-            .map_err(Error::from)
+        kinde_rls_core::verify_expecting(&token, &keys, &policy, now, alg).map_err(Error::from)
     })
     .unwrap_or_else(|e| errors::raise(&e));
     RawJsonB::new(&verified.payload)
+}
+
+/// Verify a compact JWS's signature with an explicit key and return its payload, whatever bytes
+/// it holds: no claim rules. The key (HMAC secret, PEM public key, JWK or JWKS JSON text)
+/// decides the algorithm family; the header's `alg` must fit it.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn jws_verify(jws: Text, key: Text) -> Vec<u8> {
+    verify_jws(&jws, &key, None)
+}
+
+/// [`jws_verify`], also requiring the header's `alg` to be `algorithm`.
+#[pg_extern(name = "jws_verify", immutable, strict, parallel_safe)]
+fn jws_verify_with_algorithm(jws: Text, key: Text, algorithm: Text) -> Vec<u8> {
+    verify_jws(&jws, &key, Some(&algorithm))
+}
+
+fn verify_jws(jws: &Text, key: &Text, algorithm: Option<&Text>) -> Vec<u8> {
+    let jws = token_arg(jws).to_owned();
+    let key = arg_text(key, "key").to_owned();
+    let algorithm = algorithm.map(|a| arg_text(a, "algorithm").to_owned());
+    errors::guarded(move || {
+        let (keys, alg) = explicit_keys(&key, algorithm.as_deref())?;
+        Ok(kinde_rls_core::verify_jws(&jws, &keys, alg)?)
+    })
+    .unwrap_or_else(|e| errors::raise(&e))
 }
 
 /// Sign claims into a compact JWS. For tests, demos and the HS256 re-signing flow.

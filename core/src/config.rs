@@ -7,13 +7,13 @@
 //! providers explicitly (parsed by serde into [`ProviderEntry`]); otherwise the single-provider
 //! settings (`domain`, `issuer`, `audience`, `jwks`, `jwks_url`, `secret`) describe one.
 
-use jsonwebtoken::Algorithm;
+use crate::alg::Alg;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::error::{quote, ConfigError};
 use crate::fetch::{normalize_domain, RemoteSource};
-use crate::keys::{parse_algorithm, parse_jwks, Ignored, Key, KeySet};
+use crate::keys::{parse_jwks, Ignored, Key, KeySet};
 use crate::rules::{split_list, Policy};
 
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub struct Provider {
     /// Keys of the inline JWKS that cannot be used, and why.
     pub ignored: Vec<Ignored>,
     pub remote: Option<RemoteSource>,
-    pub algorithms: Option<Vec<Algorithm>>,
+    pub algorithms: Option<Vec<Alg>>,
 }
 
 impl Provider {
@@ -392,7 +392,7 @@ impl ProviderEntry {
             Some(Strings(names)) => Some(
                 names
                     .iter()
-                    .map(|a| parse_algorithm(a))
+                    .map(|a| Alg::parse(a))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
@@ -638,7 +638,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.providers.len(), 2);
         assert_eq!(c.providers[0].policy.audiences, vec!["api"]);
-        assert_eq!(c.providers[0].algorithms, Some(vec![Algorithm::RS256]));
+        assert_eq!(c.providers[0].algorithms, Some(vec![Alg::RS256]));
         assert_eq!(c.providers[1].policy.issuers, vec!["https://b.kinde.com"]);
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"iss":"https://b.kinde.com"}"#).unwrap();

@@ -201,12 +201,12 @@ mod tests {
         let set = crate::keys::parse_jwks(&format!(r#"{{"kty":"oct","k":"{k}","kid":"a"}}"#), true)
             .unwrap();
         let refs: Vec<&crate::Key> = set.keys.iter().collect();
-        let e = select_keys(&refs, jsonwebtoken::Algorithm::HS256, Some("nope")).unwrap_err();
+        let e = select_keys(&refs, crate::Alg::HS256, Some("nope")).unwrap_err();
         assert_eq!(
             e.message(),
             "JWT refused: key check failed (no key with this kid)"
         );
-        let e = select_keys(&[], jsonwebtoken::Algorithm::HS256, None).unwrap_err();
+        let e = select_keys(&[], crate::Alg::HS256, None).unwrap_err();
         assert_eq!(
             e.message(),
             "JWT refused: key check failed (no key configured)"

@@ -3,11 +3,11 @@
 //! passed check is worth saying (which key verified, until when the token is valid) is written
 //! here, from the trace, and never on the verification path.
 
-use jsonwebtoken::Algorithm;
+use crate::alg::Alg;
 
 use crate::config::Config;
 use crate::error::{quote, Check};
-use crate::keys::{algorithm_name, Key};
+use crate::keys::Key;
 use crate::pipeline::{run, KeySource, NoRemote, Outcome, Trace, Trust};
 use crate::rules::{self, format_time, Policy};
 use crate::token::parse;
@@ -113,8 +113,8 @@ fn passed(t: &Trace, check: Check) -> String {
     }
 }
 
-fn name(alg: Option<Algorithm>) -> &'static str {
-    alg.map(algorithm_name).unwrap_or("the algorithm")
+fn name(alg: Option<Alg>) -> &'static str {
+    alg.map_or("the algorithm", Alg::name)
 }
 
 /// The key row names the provider the token was judged by, and the keys of its sets that are

@@ -4,11 +4,10 @@
 //! an RSA, EC or OKP key is never used as an HMAC secret, which is what defeats the
 //! algorithm-confusion attack. A JWK's `alg`, when present, pins the key to that one algorithm.
 
-use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use serde_json::Value;
-use std::str::FromStr;
 
+use crate::alg::{Alg, Family, KeyData};
 use crate::error::{quote, ConfigError};
 use crate::token::b64_decode;
 
@@ -21,6 +20,7 @@ pub enum KeyKind {
     Rsa,
     EcP256,
     EcP384,
+    EcP521,
     Ed25519,
 }
 
@@ -31,54 +31,22 @@ impl KeyKind {
             KeyKind::Rsa => "RSA key",
             KeyKind::EcP256 => "EC P-256 key",
             KeyKind::EcP384 => "EC P-384 key",
+            KeyKind::EcP521 => "EC P-521 key",
             KeyKind::Ed25519 => "Ed25519 key",
         }
     }
 
     /// The algorithms a key of this kind can verify.
-    pub fn algorithms(self) -> &'static [Algorithm] {
-        use Algorithm::*;
+    pub fn algorithms(self) -> &'static [Alg] {
+        use Alg::*;
         match self {
             KeyKind::Hmac => &[HS256, HS384, HS512],
             KeyKind::Rsa => &[RS256, RS384, RS512, PS256, PS384, PS512],
             KeyKind::EcP256 => &[ES256],
             KeyKind::EcP384 => &[ES384],
+            KeyKind::EcP521 => &[ES512],
             KeyKind::Ed25519 => &[EdDSA],
         }
-    }
-}
-
-/// Parse an algorithm name as it appears in a header or an argument. `none` in any spelling is
-/// refused here, so nothing downstream can ever see it.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    if name.eq_ignore_ascii_case("none") {
-        return Err("unsigned tokens (alg \"none\") are never accepted".into());
-    }
-    Algorithm::from_str(name).map_err(|_| {
-        format!(
-            "algorithm {} is not supported (supported: HS256, HS384, HS512, RS256, RS384, RS512, \
-             PS256, PS384, PS512, ES256, ES384, EdDSA)",
-            quote(name)
-        )
-    })
-}
-
-pub fn algorithm_name(alg: Algorithm) -> &'static str {
-    use Algorithm::*;
-    match alg {
-        HS256 => "HS256",
-        HS384 => "HS384",
-        HS512 => "HS512",
-        RS256 => "RS256",
-        RS384 => "RS384",
-        RS512 => "RS512",
-        PS256 => "PS256",
-        PS384 => "PS384",
-        PS512 => "PS512",
-        ES256 => "ES256",
-        ES384 => "ES384",
-        EdDSA => "EdDSA",
-        _ => "unknown",
     }
 }
 
@@ -88,10 +56,10 @@ pub const MIN_HMAC_BYTES: usize = 32;
 
 /// Minimum HMAC secret length for an algorithm: the hash output size (RFC 7518 §3.2). The one
 /// home of the rule: settings, explicit keys, `sign_jwt` and key selection all ask here.
-pub fn min_hmac_bytes(alg: Algorithm) -> usize {
+pub fn min_hmac_bytes(alg: Alg) -> usize {
     match alg {
-        Algorithm::HS384 => 48,
-        Algorithm::HS512 => 64,
+        Alg::HS384 => 48,
+        Alg::HS512 => 64,
         _ => MIN_HMAC_BYTES,
     }
 }
@@ -108,10 +76,10 @@ pub struct Key {
     pub kid: Option<String>,
     pub kind: KeyKind,
     /// The one algorithm this key is pinned to (a JWK's `alg`), if any.
-    pub alg: Option<Algorithm>,
+    pub alg: Option<Alg>,
     /// Key size in bits (modulus for RSA, secret length for HMAC, curve size otherwise).
     pub bits: usize,
-    pub(crate) decoding: DecodingKey,
+    pub(crate) data: KeyData,
 }
 
 impl std::fmt::Debug for Key {
@@ -134,28 +102,28 @@ impl Key {
             kind: KeyKind::Hmac,
             alg: None,
             bits: secret.len() * 8,
-            decoding: DecodingKey::from_secret(secret),
+            data: KeyData::Secret(secret.to_vec()),
         }
     }
 
     /// Can this key verify `alg`? `Err` says why not, in words for a refusal.
     /// [`Key::permits`] without the reason: no allocation, for filtering candidates.
-    pub fn fits(&self, alg: Algorithm) -> bool {
+    pub fn fits(&self, alg: Alg) -> bool {
         self.kind.algorithms().contains(&alg)
             && self.alg.is_none_or(|pinned| pinned == alg)
             && !self.too_short_for(alg)
     }
 
     /// An HMAC secret shorter than `alg`'s hash ([`min_hmac_bytes`]).
-    fn too_short_for(&self, alg: Algorithm) -> bool {
+    fn too_short_for(&self, alg: Alg) -> bool {
         self.kind == KeyKind::Hmac && self.bits / 8 < min_hmac_bytes(alg)
     }
 
-    pub fn permits(&self, alg: Algorithm) -> Result<(), String> {
+    pub fn permits(&self, alg: Alg) -> Result<(), String> {
         if !self.kind.algorithms().contains(&alg) {
             return Err(format!(
                 "{} cannot be used with an {}{}",
-                algorithm_name(alg),
+                alg.name(),
                 self.kind.name(),
                 self.kid_words()
             ));
@@ -166,8 +134,8 @@ impl Key {
                     "the {}{} is pinned to {}, the token says {}",
                     self.kind.name(),
                     self.kid_words(),
-                    algorithm_name(pinned),
-                    algorithm_name(alg)
+                    pinned.name(),
+                    alg.name()
                 ));
             }
         }
@@ -175,7 +143,7 @@ impl Key {
             // Never say how long the secret is: that narrows a brute-force search.
             return Err(format!(
                 "{} needs a secret of at least {} bytes; the configured secret is shorter",
-                algorithm_name(alg),
+                alg.name(),
                 min_hmac_bytes(alg),
             ));
         }
@@ -219,11 +187,11 @@ fn der_len(d: &[u8], pos: usize) -> Option<(usize, usize)> {
     Some((len, 1 + n))
 }
 
-/// Modulus size of a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, ... }`.
-fn pkcs1_modulus_bits(der: &[u8]) -> Option<usize> {
-    // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER } (RFC 8017 A.1.1),
-    // exactly: the sequence spans the whole input and ends with a short exponent. Anything
-    // looser takes one random secret in some ten thousand for a key.
+/// Modulus and exponent of a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER,
+/// publicExponent INTEGER }` (RFC 8017 A.1.1), read exactly: the sequence spans the whole input
+/// and ends with a short exponent. Anything looser takes one random secret in some ten thousand
+/// for a key.
+fn pkcs1_parts(der: &[u8]) -> Option<(&[u8], &[u8])> {
     if *der.first()? != 0x30 {
         return None;
     }
@@ -243,66 +211,138 @@ fn pkcs1_modulus_bits(der: &[u8]) -> Option<usize> {
     if !(1..=8).contains(&e_len) || e + 1 + used + e_len != der.len() {
         return None;
     }
-    Some(bit_len(modulus))
+    Some((modulus, &der[e + 1 + used..]))
 }
 
-fn check_rsa_bits(bits: usize) -> Result<(), String> {
+/// Big-endian bytes without their leading zeros (DER integers carry one for the sign).
+fn unsigned(be: &[u8]) -> &[u8] {
+    let zeros = be.iter().take_while(|b| **b == 0).count();
+    &be[zeros..]
+}
+
+/// The rules every RSA public key passes, wherever it comes from (PEM, JWK): a modulus of at
+/// least [`MIN_RSA_BITS`], an odd public exponent of at least 3 (e = 1 makes every "signature"
+/// its own message; even exponents are not RSA), and a modulus that is not one of the
+/// factorable keys of CVE-2017-15361 (ROCA).
+fn rsa_key(n: &[u8], e: &[u8]) -> Result<(usize, KeyData), String> {
+    let (n, e) = (unsigned(n), unsigned(e));
+    let bits = bit_len(n);
     if bits < MIN_RSA_BITS {
         return Err(format!(
             "the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
         ));
     }
-    Ok(())
+    let small_or_even = match e {
+        [] => true,
+        [.., last] if last % 2 == 0 => true,
+        [only] => *only < 3,
+        _ => false,
+    };
+    if small_or_even || e.len() > 8 {
+        return Err("the RSA public exponent must be odd, at least 3 and at most 64 bits".into());
+    }
+    if roca_fingerprint(n) {
+        return Err(
+            "the RSA modulus has the structure of the weak keys of CVE-2017-15361 (ROCA), which can be factored; replace the key".into(),
+        );
+    }
+    Ok((
+        bits,
+        KeyData::Rsa {
+            n: n.to_vec(),
+            e: e.to_vec(),
+        },
+    ))
+}
+
+/// Does this modulus carry the fingerprint of CVE-2017-15361 (Nemec et al., "The Return of
+/// Coppersmith's Attack", CCS 2017)? The affected library made primes `k·M + (65537^a mod M)`
+/// with `M` the product of the first primes, so `n mod r` lies in the subgroup 65537 generates
+/// modulo every small prime `r` dividing `M`. Every affected key size (992 bits and up) has all
+/// the odd primes to 353 in `M`; a random modulus passes all 70 tests with probability about
+/// 2^-83.
+fn roca_fingerprint(n: &[u8]) -> bool {
+    (3u32..=353)
+        .filter(|r| (2..*r).take_while(|d| d * d <= *r).all(|d| r % d != 0))
+        .all(|r| {
+            let rem = n
+                .iter()
+                .fold(0u32, |acc, b| (acc * 256 + u32::from(*b)) % r);
+            let g = 65537 % r;
+            let mut x = 1;
+            for _ in 0..r {
+                if x == rem {
+                    return true;
+                }
+                x = x * g % r;
+            }
+            false
+        })
+}
+
+/// The curve of an EC key, by the size of its uncompressed point (`04 || x || y`).
+fn ec_kind(point: &[u8]) -> Option<KeyKind> {
+    match point.len() {
+        65 => Some(KeyKind::EcP256),
+        97 => Some(KeyKind::EcP384),
+        133 => Some(KeyKind::EcP521),
+        _ => None,
+    }
+}
+
+fn curve_bits(kind: KeyKind) -> usize {
+    match kind {
+        KeyKind::EcP384 => 384,
+        KeyKind::EcP521 => 521,
+        _ => 256,
+    }
 }
 
 /// A public key from PEM text (SPKI `PUBLIC KEY`, PKCS#1 `RSA PUBLIC KEY`, or a `CERTIFICATE`).
+/// The PEM and DER framing is read by jsonwebtoken's decoder; the key bytes it finds pass the
+/// same rules as a JWK's.
 pub fn key_from_pem(pem: &str) -> Result<Key, String> {
+    use jsonwebtoken::{DecodingKey, DecodingKeyKind};
     if pem.contains("PRIVATE KEY") {
         return Err("this is a private key; verification takes the public key".into());
     }
     let bytes = pem.as_bytes();
+    let key = |kind, bits, data| Key {
+        kid: None,
+        kind,
+        alg: None,
+        bits,
+        data,
+    };
     if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
-        let bits = match k.kind() {
-            DecodingKeyKind::SecretOrDer(der) => pkcs1_modulus_bits(der).unwrap_or(0),
-            DecodingKeyKind::RsaModulusExponent { n, .. } => bit_len(n),
+        let (n, e) = match k.kind() {
+            DecodingKeyKind::SecretOrDer(der) => {
+                pkcs1_parts(der).ok_or("the RSA public key is not a well-formed PKCS#1 key")?
+            }
+            DecodingKeyKind::RsaModulusExponent { n, e } => (&n[..], &e[..]),
         };
-        check_rsa_bits(bits)?;
-        return Ok(Key {
-            kid: None,
-            kind: KeyKind::Rsa,
-            alg: None,
-            bits,
-            decoding: k,
-        });
+        let (bits, data) = rsa_key(n, e)?;
+        return Ok(key(KeyKind::Rsa, bits, data));
     }
     if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
-        let kind = match k.kind() {
-            DecodingKeyKind::SecretOrDer(point) if point.len() == 65 => KeyKind::EcP256,
-            DecodingKeyKind::SecretOrDer(point) if point.len() == 97 => KeyKind::EcP384,
-            _ => return Err("unsupported EC curve (P-256 and P-384 are supported)".into()),
+        let DecodingKeyKind::SecretOrDer(point) = k.kind() else {
+            return Err("the EC public key is not a point".into());
         };
-        if let DecodingKeyKind::SecretOrDer(point) = k.kind() {
-            check_ec_point(kind, point)?;
-        }
-        let bits = if kind == KeyKind::EcP256 { 256 } else { 384 };
-        return Ok(Key {
-            kid: None,
-            kind,
-            alg: None,
-            bits,
-            decoding: k,
-        });
+        let kind = ec_kind(point)
+            .ok_or("unsupported EC curve or point form (P-256, P-384 and P-521 uncompressed points are supported)")?;
+        check_ec_point(kind, point)?;
+        return Ok(key(kind, curve_bits(kind), KeyData::Point(point.to_vec())));
     }
     if let Ok(k) = DecodingKey::from_ed_pem(bytes) {
-        return Ok(Key {
-            kid: None,
-            kind: KeyKind::Ed25519,
-            alg: None,
-            bits: 256,
-            decoding: k,
-        });
+        let DecodingKeyKind::SecretOrDer(x) = k.kind() else {
+            return Err("the Ed25519 public key is not 32 bytes".into());
+        };
+        if x.len() != 32 {
+            return Err("an Ed25519 public key is 32 bytes".into());
+        }
+        return Ok(key(KeyKind::Ed25519, 256, KeyData::Point(x.to_vec())));
     }
-    Err("not a PEM public key of a supported type (RSA, EC P-256/P-384, Ed25519)".into())
+    Err("not a PEM public key of a supported type (RSA, EC P-256/P-384/P-521, Ed25519)".into())
 }
 
 fn b64_member(value: &str, name: &str) -> Result<Vec<u8>, String> {
@@ -312,10 +352,13 @@ fn b64_member(value: &str, name: &str) -> Result<Vec<u8>, String> {
 /// An EC public key must be a point on its curve: an off-curve point (invalid-curve attacks,
 /// or plain corruption) is refused when the key is read, not when a token meets it.
 fn check_ec_point(kind: KeyKind, point: &[u8]) -> Result<(), String> {
-    use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED};
+    use aws_lc_rs::signature::{
+        ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED,
+    };
     let alg = match kind {
         KeyKind::EcP256 => &ECDSA_P256_SHA256_FIXED,
         KeyKind::EcP384 => &ECDSA_P384_SHA384_FIXED,
+        KeyKind::EcP521 => &ECDSA_P521_SHA512_FIXED,
         _ => return Ok(()),
     };
     ParsedPublicKey::new(alg, point)
@@ -453,29 +496,20 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
     let alg = match &jwk.alg {
         None => None,
         Some(a) => Some(
-            parse_algorithm(a)
+            Alg::parse(a)
                 .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
         ),
     };
-    let (kind, bits, decoding) = match &material {
+    let (kind, bits, data) = match &material {
         Material::Rsa(RsaMembers { n, e }) => {
-            let n = b64_member(n, "n")?;
-            let e = b64_member(e, "e")?;
-            let bits = bit_len(&n);
-            check_rsa_bits(bits)?;
-            if e.is_empty() || bit_len(&e) == 0 {
-                return Err("the RSA exponent is empty".into());
-            }
-            (
-                KeyKind::Rsa,
-                bits,
-                DecodingKey::from_rsa_raw_components(&n, &e),
-            )
+            let (bits, data) = rsa_key(&b64_member(n, "n")?, &b64_member(e, "e")?)?;
+            (KeyKind::Rsa, bits, data)
         }
         Material::Ec(EcMembers { crv, x, y }) => {
             let (kind, size) = match crv.as_str() {
                 "P-256" => (KeyKind::EcP256, 32),
                 "P-384" => (KeyKind::EcP384, 48),
+                "P-521" => (KeyKind::EcP521, 66),
                 other => return Err(format!("curve {} is not supported", quote(other))),
             };
             let x = b64_member(x, "x")?;
@@ -488,7 +522,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
             check_ec_point(kind, &point)?;
-            (kind, size * 8, DecodingKey::from_ec_der(&point))
+            (kind, curve_bits(kind), KeyData::Point(point))
         }
         Material::Okp(OkpMembers { crv, x }) => {
             if crv != "Ed25519" {
@@ -498,7 +532,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
             if x.len() != 32 {
                 return Err("an Ed25519 public key is 32 bytes".into());
             }
-            (KeyKind::Ed25519, 256, DecodingKey::from_ed_der(&x))
+            (KeyKind::Ed25519, 256, KeyData::Point(x))
         }
         Material::Oct(OctMembers { k }) if allow_oct => {
             let k = b64_member(k, "k")?;
@@ -509,7 +543,10 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
                     "member k holds {what}, not a shared secret; pass public keys as PEM or JWK"
                 ));
             }
-            (KeyKind::Hmac, k.len() * 8, DecodingKey::from_secret(&k))
+            if k.is_empty() {
+                return Err("member k is empty".into());
+            }
+            (KeyKind::Hmac, k.len() * 8, KeyData::Secret(k))
         }
         Material::Oct(_) => {
             return Err(
@@ -520,11 +557,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
     };
     if let Some(a) = alg {
         if !kind.algorithms().contains(&a) {
-            return Err(format!(
-                "alg {} does not fit an {}",
-                algorithm_name(a),
-                kind.name()
-            ));
+            return Err(format!("alg {} does not fit an {}", a.name(), kind.name()));
         }
     }
     Ok(Key {
@@ -532,7 +565,7 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
         kind,
         alg,
         bits,
-        decoding,
+        data,
     })
 }
 
@@ -823,7 +856,7 @@ fn binary_kind(b: &[u8]) -> Option<&'static str> {
         && (OIDS
             .iter()
             .any(|oid| b.windows(oid.len()).any(|w| w == *oid))
-            || pkcs1_modulus_bits(b).is_some_and(|bits| bits >= 512))
+            || pkcs1_parts(b).is_some_and(|(n, _)| bit_len(n) >= 512))
     {
         return Some("a DER public key or certificate");
     }
@@ -836,15 +869,11 @@ fn binary_kind(b: &[u8]) -> Option<&'static str> {
     }
     // An uncompressed EC point (X9.62) on a supported curve, with or without its 04 prefix.
     let point = match b.len() {
-        65 | 97 if b[0] == 4 => b.to_vec(),
-        64 | 96 => [&[4u8][..], b].concat(),
+        65 | 97 | 133 if b[0] == 4 => b.to_vec(),
+        64 | 96 | 132 => [&[4u8][..], b].concat(),
         _ => return None,
     };
-    let kind = if point.len() == 65 {
-        KeyKind::EcP256
-    } else {
-        KeyKind::EcP384
-    };
+    let kind = ec_kind(&point)?;
     check_ec_point(kind, &point)
         .is_ok()
         .then_some("an EC public key (a point on its curve)")
@@ -892,22 +921,31 @@ pub fn hmac_key(secret: &str, min_bytes: usize) -> Result<Key, SecretProblem> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Explicit keys: verify_jwt(token, key, algorithm)
+// Explicit keys: verify_jwt(token, key, algorithm), jws_verify(jws, key[, algorithm])
+
+const FIT_HINT: &str = "Pass the algorithm that fits the key, e.g. 'RS256' for an RSA public key; a PEM or JWK is never used as an HMAC secret.";
 
 /// Parse an explicit key argument: a PEM public key, a JWK or JWKS JSON text, or else an HMAC
-/// secret (which passes [`keys::check_hmac_secret`], like every secret). `algorithm` must fit
-/// the key: a PEM or JWK is never used as an HMAC secret.
+/// secret (which passes [`check_hmac_secret`], like every secret). The key decides the
+/// algorithm family: a PEM or JWK is never used as an HMAC secret. With an `algorithm`, it must
+/// fit the key; without one (`jws_verify(jws, key)`), the token's `alg` is judged against the
+/// keys when it is verified. A key set may not mix shared secrets with public keys: whoever
+/// reads the set could not tell which keys are secret.
 pub fn explicit_keys(
     key: &str,
-    algorithm: &str,
-) -> Result<(Vec<Key>, jsonwebtoken::Algorithm), ConfigError> {
-    let alg = parse_algorithm(algorithm).map_err(|e| {
-        ConfigError::new(
-            "algorithm",
-            e,
-            "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.",
-        )
-    })?;
+    algorithm: Option<&str>,
+) -> Result<(Vec<Key>, Option<Alg>), ConfigError> {
+    let alg = algorithm
+        .map(|a| {
+            Alg::parse(a).map_err(|e| {
+                ConfigError::new(
+                    "algorithm",
+                    e,
+                    "Pass the algorithm the key is for, e.g. 'RS256' for an RSA public key.",
+                )
+            })
+        })
+        .transpose()?;
     let bad_key = |m: String| {
         ConfigError::new(
             "key",
@@ -919,11 +957,20 @@ pub fn explicit_keys(
     let list = if is_pem(t) {
         vec![key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
     } else if t.starts_with('{') {
-        parse_jwks(key, true)
+        let keys = parse_jwks(key, true)
             .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?
-            .keys
-    } else if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-        vec![hmac_key(key, min_hmac_bytes(alg)).map_err(|p| {
+            .keys;
+        if keys.iter().any(|k| k.kind == KeyKind::Hmac)
+            && keys.iter().any(|k| k.kind != KeyKind::Hmac)
+        {
+            return Err(bad_key(
+                "the key set mixes shared secrets (kty oct) with public keys; pass one kind".into(),
+            ));
+        }
+        keys
+    } else if alg.is_none_or(|a| a.family() == Family::Hmac) {
+        let min = alg.map_or(MIN_HMAC_BYTES, min_hmac_bytes);
+        vec![hmac_key(key, min).map_err(|p| {
             ConfigError::new(
                 "key",
                 p.describe("the key"),
@@ -933,26 +980,19 @@ pub fn explicit_keys(
     } else {
         // Not PEM, not JSON, and the algorithm is not HMAC: whatever it is, it is not a key for
         // this algorithm, and it is never taken as a secret.
+        let alg = alg.map_or("the algorithm", Alg::name);
         return Err(ConfigError::new(
             "algorithm",
-            format!(
-                "{} needs a public key (PEM or JWK), and the key is neither",
-                algorithm_name(alg)
-            ),
-            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
+            format!("{alg} needs a public key (PEM or JWK), and the key is neither"),
+            FIT_HINT,
         ));
     };
-    if let Some(reason) = list
-        .iter()
-        .map(|k| k.permits(alg))
-        .find_map(Result::err)
-        .filter(|_| list.iter().all(|k| k.permits(alg).is_err()))
-    {
-        return Err(ConfigError::new(
-            "algorithm",
-            reason,
-            "Pass the algorithm that fits the key, e.g. verify_jwt(token, key, 'RS256') for an RSA public key; a PEM or JWK is never used as an HMAC secret.",
-        ));
+    if let Some(alg) = alg {
+        if list.iter().all(|k| k.permits(alg).is_err()) {
+            if let Some(reason) = list.iter().find_map(|k| k.permits(alg).err()) {
+                return Err(ConfigError::new("algorithm", reason, FIT_HINT));
+            }
+        }
     }
     Ok((list, alg))
 }
@@ -973,7 +1013,7 @@ mod tests {
             for a in [
                 "HS256", "HS384", "HS512", "RS256", "PS384", "ES256", "ES384", "EdDSA",
             ] {
-                let alg = parse_algorithm(a).unwrap();
+                let alg = Alg::parse(a).unwrap();
                 assert_eq!(k.fits(alg), k.permits(alg).is_ok(), "{a}");
             }
         }
@@ -982,21 +1022,18 @@ mod tests {
     #[test]
     fn none_is_refused_in_every_spelling() {
         for n in ["none", "None", "NONE", "nOnE"] {
-            assert!(parse_algorithm(n).unwrap_err().contains("never"));
+            assert!(Alg::parse(n).unwrap_err().contains("never"));
         }
-        assert!(parse_algorithm("HS257").is_err());
-        assert_eq!(parse_algorithm("EdDSA").unwrap(), Algorithm::EdDSA);
+        assert!(Alg::parse("HS257").is_err());
+        assert_eq!(Alg::parse("EdDSA").unwrap(), Alg::EdDSA);
     }
 
     #[test]
     fn family_decides_algorithms() {
         let k = Key::hmac(&[7u8; 40]);
-        assert!(k.permits(Algorithm::HS256).is_ok());
-        assert!(k
-            .permits(Algorithm::HS384)
-            .unwrap_err()
-            .contains("48 bytes"));
-        assert!(k.permits(Algorithm::RS256).unwrap_err().contains("HMAC"));
+        assert!(k.permits(Alg::HS256).is_ok());
+        assert!(k.permits(Alg::HS384).unwrap_err().contains("48 bytes"));
+        assert!(k.permits(Alg::RS256).unwrap_err().contains("HMAC"));
     }
 
     #[test]

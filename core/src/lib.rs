@@ -4,10 +4,13 @@
 
 //!
 //! One token's path, a module at a time: [`token`] parses it, [`pipeline`] picks the provider
-//! (from [`config`]) and the keys (from [`keys`], fetched by [`fetch`]), checks the signature,
-//! and has [`rules`] check the claims; [`error`] says what failed. [`explain`] renders the same
-//! run as `jwt_explain()` rows, and [`claims`] reads identity out of what passed.
+//! (from [`config`]) and the keys (from [`keys`], fetched by [`fetch`]), checks the signature
+//! (the one call into [`alg`]), and has [`rules`] check the claims; [`error`] says what failed.
+//! [`explain`] renders the same run as `jwt_explain()` rows, and [`claims`] reads identity out
+//! of what passed. `jws_verify` takes the same stages without the claims
+//! ([`pipeline::verify_jws`]).
 
+pub mod alg;
 pub mod claims;
 pub mod config;
 pub mod error;
@@ -20,6 +23,7 @@ pub mod rules;
 pub mod sign;
 pub mod token;
 
+pub use alg::Alg;
 pub use config::{Config, Provider, Settings};
 pub use error::{Check, ConfigError, Error, Refusal};
 pub use explain::{explain, explain_configured, ExplainRow};
@@ -27,6 +31,6 @@ pub use fetch::RemoteSource;
 pub use keys::{explicit_keys, parse_jwks, Ignored, Key, KeyKind, KeySet};
 pub use pipeline::{
     check_trusted_claims, identify_configured, verify, verify_configured, verify_expecting,
-    KeySource, NoRemote,
+    verify_jws, KeySource, NoRemote,
 };
 pub use rules::{Policy, Verified};

@@ -11,16 +11,17 @@
 //! rows. There is no second path: an explicit key (`verify_jwt(token, key)`) is judged by the
 //! same stages, with the caller's keys in place of a provider.
 
-use jsonwebtoken::Algorithm;
+use crate::alg::Alg;
 use serde_json::{Map, Value};
 use std::rc::Rc;
 
+use crate::alg::verify_signature;
 use crate::config::{Config, Provider};
 use crate::error::{quote, Check, Error, Refusal};
 use crate::fetch::RemoteSource;
-use crate::keys::{algorithm_name, parse_algorithm, Key, KeyKind, KeySet};
+use crate::keys::{Key, KeyKind, KeySet};
 use crate::rules::{self, Policy, Verified, CLAIM_CHECKS};
-use crate::token::{parse, Parsed};
+use crate::token::{parse, parse_jws, Parsed};
 
 /// Most keys tried for one token. A token names its key with `kid`; without one, every key of
 /// the right type is a candidate, and this bounds the work an unsigned flood can cause.
@@ -41,7 +42,7 @@ pub fn verify_expecting(
     keys: &[Key],
     policy: &Policy,
     now: i64,
-    expected: Option<Algorithm>,
+    expected: Option<Alg>,
 ) -> Result<Verified, Refusal> {
     let trust = Trust::Explicit {
         keys,
@@ -107,6 +108,26 @@ pub fn check_trusted_claims(
     rules::check_claims(claims, &provider.policy, now)
 }
 
+/// Verify a compact JWS whose payload is any bytes (`jws_verify`) with the caller's keys and
+/// return the payload. The same stages as a token's — format and header rules, the algorithm,
+/// the caller's algorithm, key selection, the signature — without the claim rules.
+pub fn verify_jws(jws: &str, keys: &[Key], expected: Option<Alg>) -> Result<Vec<u8>, Refusal> {
+    let j = parse_jws(jws)?;
+    let alg = Alg::parse(&j.alg).map_err(|e| Refusal::new(Check::Algorithm, e))?;
+    // No claim is judged: the policy is never read.
+    let unused = Policy::default();
+    let judge = Judge {
+        provider: None,
+        keys,
+        policy: &unused,
+        expected,
+    };
+    judge.allows(alg)?;
+    let candidates = select_keys(&keys.iter().collect::<Vec<_>>(), alg, j.kid.as_deref())?;
+    check_signature(j.signing_input, &j.signature, alg, &candidates)?;
+    Ok(j.payload)
+}
+
 // ---------------------------------------------------------------------------------------------
 // What a token is judged against, and what each stage found
 
@@ -119,7 +140,7 @@ pub enum Trust<'c> {
     Explicit {
         keys: &'c [Key],
         policy: &'c Policy,
-        expected: Option<Algorithm>,
+        expected: Option<Alg>,
     },
 }
 
@@ -131,7 +152,7 @@ pub struct Judge<'c> {
     pub keys: &'c [Key],
     pub policy: &'c Policy,
     /// The caller's algorithm (explicit keys).
-    expected: Option<Algorithm>,
+    expected: Option<Alg>,
 }
 
 /// What one stage found.
@@ -147,7 +168,7 @@ pub enum Outcome {
 pub struct Trace<'t, 'c> {
     pub token: &'t str,
     pub parsed: Option<Parsed<'t>>,
-    pub alg: Option<Algorithm>,
+    pub alg: Option<Alg>,
     /// The provider (or the caller's keys) the token was judged by.
     pub judge: Option<Judge<'c>>,
     /// How many keys could verify the token (the key stage).
@@ -261,7 +282,7 @@ pub fn run<'t, 'c>(
     t.set(Check::Format, Outcome::Passed);
 
     // 2. The algorithm the header names: one we verify, never `none`.
-    match parse_algorithm(&p.alg) {
+    match Alg::parse(&p.alg) {
         Ok(a) => {
             t.alg = Some(a);
             t.set(Check::Algorithm, Outcome::Passed);
@@ -379,14 +400,14 @@ impl<'c> Judge<'c> {
     }
 
     /// The algorithm allow-list: the caller's algorithm, or the provider's `algorithms`.
-    fn allows(&self, alg: Algorithm) -> Result<(), Refusal> {
+    fn allows(&self, alg: Alg) -> Result<(), Refusal> {
         if let Some(e) = self.expected.filter(|e| *e != alg) {
             return Err(Refusal::new(
                 Check::Algorithm,
                 format!(
                     "the token's alg is {}, the caller expects {}",
-                    algorithm_name(alg),
-                    algorithm_name(e)
+                    alg.name(),
+                    e.name()
                 ),
             ));
         }
@@ -398,7 +419,7 @@ impl<'c> Judge<'c> {
                     quote(&self.provider.map(Provider::name).unwrap_or_default()),
                     allowed
                         .iter()
-                        .map(|a| algorithm_name(*a))
+                        .map(|a| a.name())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -462,7 +483,7 @@ fn keys_and_signature(
     t: &mut Trace,
     p: &Parsed,
     judge: Judge,
-    alg: Algorithm,
+    alg: Alg,
     source: &mut dyn KeySource,
 ) -> bool {
     if let Err(r) = judge.allows(alg) {
@@ -528,7 +549,7 @@ fn keys_and_signature(
     };
     t.candidates = candidates.len();
     t.set(Check::Key, Outcome::Passed);
-    match check_signature(p, alg, &candidates) {
+    match check_signature(p.signing_input, &p.signature, alg, &candidates) {
         Ok(k) => {
             if t.every {
                 t.signer = Some((k.kind, k.kid.clone()));
@@ -554,7 +575,7 @@ fn ignored_in(provider: &Provider, fetched: Option<&KeySet>) -> Vec<String> {
 /// that matches none may still be verified by keys that have no `kid` (a PEM or a secret).
 pub fn select_keys<'k>(
     keys: &[&'k Key],
-    alg: Algorithm,
+    alg: Alg,
     kid: Option<&str>,
 ) -> Result<Vec<&'k Key>, Refusal> {
     if keys.is_empty() {
@@ -567,7 +588,7 @@ pub fn select_keys<'k>(
     let first_reason = |pool: &[&Key]| {
         pool.first()
             .and_then(|k| k.permits(alg).err())
-            .unwrap_or_else(|| format!("no configured key can verify {}", algorithm_name(alg)))
+            .unwrap_or_else(|| format!("no configured key can verify {}", alg.name()))
     };
     let fit: Vec<&Key> = if let Some(kid) = kid {
         let matching: Vec<&Key> = keys
@@ -576,9 +597,25 @@ pub fn select_keys<'k>(
             .filter(|k| k.kid.as_deref() == Some(kid))
             .collect();
         if !matching.is_empty() {
-            let fit: Vec<&Key> = matching.iter().copied().filter(permitted).collect();
+            let mut fit: Vec<&Key> = matching.iter().copied().filter(permitted).collect();
             if fit.is_empty() {
                 return Err(Refusal::new(Check::Algorithm, first_reason(&matching)));
+            }
+            // The same key listed twice (a pinned copy of a published key) is one key; two
+            // different keys under one kid leave it to chance which one the token meant
+            // (RFC 7517 §4.5 allows one kid for keys of different types, which never both fit).
+            fit.dedup_by(|a, b| a.data == b.data);
+            if fit.iter().any(|k| k.data != fit[0].data) {
+                return Err(Refusal::new(
+                    Check::Key,
+                    format!(
+                        "kid {} names {} different keys that could verify {}; a kid must name one key",
+                        quote(kid),
+                        fit.len(),
+                        alg.name()
+                    ),
+                )
+                .because("the kid is ambiguous"));
             }
             fit
         } else {
@@ -636,7 +673,7 @@ pub fn select_keys<'k>(
                 if pool.len() == 1 {
                     first_reason(&pool)
                 } else {
-                    format!("no configured key can verify {}", algorithm_name(alg))
+                    format!("no configured key can verify {}", alg.name())
                 },
             ));
         }
@@ -655,33 +692,28 @@ pub fn select_keys<'k>(
     Ok(fit)
 }
 
-/// The one cryptographic call: does one of the candidates verify the signature?
+/// Stage 5, the one cryptographic call: does one of the candidates verify the signature over
+/// `signing_input`?
 pub fn check_signature<'k>(
-    p: &Parsed,
-    alg: Algorithm,
+    signing_input: &str,
+    signature: &[u8],
+    alg: Alg,
     candidates: &[&'k Key],
 ) -> Result<&'k Key, Refusal> {
-    if p.signature_b64.is_empty() {
+    if signature.is_empty() {
         return Err(Refusal::new(Check::Signature, "the token has no signature"));
     }
-    // parse checked that the signature is unpadded base64url.
-    for key in candidates {
-        // An error here (a key the backend rejects, a signature of the wrong length) is a failed
-        // verification like any other: fail closed.
-        if let Ok(true) = jsonwebtoken::crypto::verify(
-            p.signature_b64,
-            p.signing_input.as_bytes(),
-            &key.decoding,
-            alg,
-        ) {
-            return Ok(key);
-        }
+    if let Some(key) = candidates
+        .iter()
+        .find(|k| verify_signature(alg, &k.data, signing_input.as_bytes(), signature))
+    {
+        return Ok(key);
     }
     Err(Refusal::new(
         Check::Signature,
         format!(
             "the {} signature does not verify with {}",
-            algorithm_name(alg),
+            alg.name(),
             if candidates.len() == 1 {
                 match &candidates[0].kid {
                     Some(k) => format!("the key with kid {}", quote(k)),
@@ -753,7 +785,9 @@ mod tests {
         let h = crate::token::b64_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let input = format!("{h}.{}", crate::token::b64_encode(payload.as_bytes()));
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+                .unwrap();
         format!("{input}.{sig}")
     }
 
@@ -761,7 +795,7 @@ mod tests {
     /// by verify and by explain alike; one that passes always has a claim map.
     #[test]
     fn a_payload_without_a_claim_map_is_refused_at_format() {
-        let (keys, _) = crate::explicit_keys(SECRET, "HS256").unwrap();
+        let (keys, _) = crate::explicit_keys(SECRET, Some("HS256")).unwrap();
         let policy = Policy {
             audiences: vec!["api".into()],
             ..Policy::default()

@@ -19,6 +19,10 @@ use crate::error::{quote, Check, Refusal};
 /// 8–16 KB. Anything longer is refused before it is split or decoded.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// Longest JWS `jws_verify` accepts, in bytes: signed documents and webhook bodies are larger
+/// than access tokens, and the work stays linear in the size.
+pub const MAX_JWS_BYTES: usize = 1024 * 1024;
+
 /// Header parameters this implementation understands and may be listed in `crit`: none. Any
 /// `crit` therefore refuses the token (RFC 7515 §4.1.11).
 const UNDERSTOOD_CRIT: &[&str] = &[];
@@ -54,9 +58,21 @@ pub struct Parsed<'a> {
     pub payload_json: String,
     /// `base64url(header) || '.' || base64url(payload)`: the bytes the signature covers.
     pub signing_input: &'a str,
-    /// The third segment as sent (base64url).
-    pub signature_b64: &'a str,
+    /// The signature, decoded.
+    pub signature: Vec<u8>,
     /// The `alg` header, which must be a string.
+    pub alg: String,
+    pub kid: Option<String>,
+}
+
+/// A compact JWS whose payload is any bytes (`jws_verify`), split and decoded, its signature
+/// not yet checked.
+#[derive(Debug, Clone)]
+pub struct Jws<'a> {
+    pub header: Map<String, Value>,
+    pub payload: Vec<u8>,
+    pub signing_input: &'a str,
+    pub signature: Vec<u8>,
     pub alg: String,
     pub kid: Option<String>,
 }
@@ -455,12 +471,25 @@ pub fn parse_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Refu
 /// only the format. `jwt_decode_unverified()` stops here; [`parse`] goes on to the header rules.
 /// Split a compact JWS into its three segments, refusing wrong shapes before any decoding.
 fn split(token: &str) -> Result<(&str, &str, &str), Refusal> {
-    if token.len() > MAX_TOKEN_BYTES {
+    let (h, p, s) = split_within(token, MAX_TOKEN_BYTES)?;
+    if p.is_empty() {
+        return Err(malformed("the header or payload segment is empty"));
+    }
+    Ok((h, p, s))
+}
+
+/// [`split`] for any JWS up to `limit` bytes, whose payload may be empty.
+fn split_within(token: &str, limit: usize) -> Result<(&str, &str, &str), Refusal> {
+    if token.len() > limit {
         return Err(malformed(format!(
-            "the token is {} bytes; the limit is {} bytes",
+            "the token is {} bytes; the limit is {limit} bytes",
             token.len(),
-            MAX_TOKEN_BYTES
         )));
+    }
+    if token.trim_start().starts_with('{') {
+        return Err(malformed(
+            "this is a JWS in JSON serialization; only the compact form (header.payload.signature) is accepted",
+        ));
     }
     if token.is_empty() {
         return Err(malformed("the token is empty"));
@@ -482,8 +511,8 @@ fn split(token: &str) -> Result<(&str, &str, &str), Refusal> {
         (Some(h), Some(p), Some(s)) => (h, p, s),
         _ => return Err(malformed("the token does not have 3 segments")),
     };
-    if h.is_empty() || p.is_empty() {
-        return Err(malformed("the header or payload segment is empty"));
+    if h.is_empty() {
+        return Err(malformed("the header segment is empty"));
     }
     Ok((h, p, s))
 }
@@ -515,13 +544,46 @@ pub fn unverified_payload(token: &str) -> Result<Map<String, Value>, Refusal> {
 
 /// Split and decode a compact JWS. Checks format and the header rules that need no key.
 pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
-    let (h, p, signature_b64) = split(token)?;
+    let (h, p, s) = split(token)?;
     let header = parse_object(&b64_decode(h, "header")?, "header")?;
     let (payload, payload_json) = parse_payload(b64_decode(p, "payload")?)?;
     // The signature is checked later, but its encoding is the format's: a refusal for it is a
     // format refusal in verify and in explain alike, before any key is looked at.
-    b64_decode(signature_b64, "signature")?;
-    let signing_input = &token[..h.len() + 1 + p.len()];
+    let signature = b64_decode(s, "signature")?;
+    let (alg, kid) = header_rules(&header)?;
+    Ok(Parsed {
+        header,
+        payload,
+        payload_json,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature,
+        alg,
+        kid,
+    })
+}
+
+/// Split and decode a compact JWS whose payload is any bytes, even none (`jws_verify`), up to
+/// [`MAX_JWS_BYTES`]. The same format and header rules as [`parse`].
+pub fn parse_jws(jws: &str) -> Result<Jws<'_>, Refusal> {
+    let (h, p, s) = split_within(jws, MAX_JWS_BYTES)?;
+    let header = parse_object(&b64_decode(h, "header")?, "header")?;
+    let payload = b64_decode(p, "payload")?;
+    let signature = b64_decode(s, "signature")?;
+    let (alg, kid) = header_rules(&header)?;
+    Ok(Jws {
+        header,
+        payload,
+        signing_input: &jws[..h.len() + 1 + p.len()],
+        signature,
+        alg,
+        kid,
+    })
+}
+
+/// The header rules that need no key: `alg` is a string, `kid` a string if present, no
+/// extension is marked critical (`crit`, RFC 7515 §4.1.11), and the payload is base64url
+/// encoded (`b64`, RFC 7797, is absent or `true`). Returns `alg` and `kid`.
+fn header_rules(header: &Map<String, Value>) -> Result<(String, Option<String>), Refusal> {
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
         Some(_) => {
@@ -559,15 +621,15 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
             }
         }
     }
-    Ok(Parsed {
-        header,
-        payload,
-        payload_json,
-        signing_input,
-        signature_b64,
-        alg,
-        kid,
-    })
+    match header.get("b64") {
+        None | Some(Value::Bool(true)) => {}
+        Some(_) => {
+            return Err(malformed(
+                "the header's b64 says the payload is not base64url encoded (RFC 7797); such tokens are not accepted",
+            ))
+        }
+    }
+    Ok((alg, kid))
 }
 
 /// Does this text look like a compact JWS (three base64url segments)? Used to tell a token from
@@ -654,7 +716,7 @@ mod tests {
         assert_eq!(p.alg, "RS256");
         assert_eq!(p.kid.as_deref(), Some("k1"));
         assert_eq!(p.payload["sub"], "kp_1");
-        assert_eq!(p.signature_b64, "c2ln");
+        assert_eq!(p.signature, b"sig");
         assert_eq!(format!("{}.c2ln", p.signing_input), t);
     }
 

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_jwks(s, true);
         let _ = key_from_pem(s);
         for alg in ["HS256", "RS256", "ES256", "EdDSA", "PS512", "none"] {
-            let _ = kinde_rls_core::explicit_keys(s, alg);
+            let _ = kinde_rls_core::explicit_keys(s, Some(alg));
         }
     }
 });

@@ -6,6 +6,8 @@ EXPECTED = {
     # name(identity args) -> (result, volatility, parallel)
     "verify_jwt(token text)": ("jsonb", "s", "s"),
     "verify_jwt(token text, key text, algorithm text)": ("jsonb", "s", "s"),
+    "jws_verify(jws text, key text)": ("bytea", "i", "s"),
+    "jws_verify(jws text, key text, algorithm text)": ("bytea", "i", "s"),
     "sign_jwt(claims jsonb, key text, algorithm text)": ("text", "v", "s"),
     "sign_jwt(claims jsonb, key text, algorithm text, header jsonb)": ("text", "v", "s"),
     "jwt_decode_unverified(token text)": ("jsonb", "i", "s"),
