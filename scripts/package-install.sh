@@ -67,6 +67,15 @@ fi
 DEST="${DESTDIR:-}"
 install -d "$DEST$LIBDIR" "$DEST$SHAREDIR/extension"
 install -m 0755 "$HERE/lib/kinde_rls.so" "$DEST$LIBDIR/kinde_rls.so"
+# A full install script of another version (kinde_rls--X.sql, not an upgrade A--B) would let
+# CREATE EXTENSION build that version's schema against this library: only this one stays.
+for old in "$DEST$SHAREDIR"/extension/kinde_rls--*.sql; do
+  base="$(basename "$old" .sql)"
+  case "${base#kinde_rls--}" in
+    *--*|"$version") ;;
+    *) rm -f "$old" ;;
+  esac
+done
 install -m 0644 "$HERE"/extension/kinde_rls* "$DEST$SHAREDIR/extension/"
 echo "kinde_rls $version installed: $DEST$LIBDIR/kinde_rls.so, $DEST$SHAREDIR/extension/kinde_rls*"
 echo "next: add kinde_rls to shared_preload_libraries, restart, then CREATE EXTENSION kinde_rls;"

@@ -1393,4 +1393,117 @@ mod tests {
         );
         assert_eq!(why("[]"), "it is not a JSON object");
     }
+
+    /// The ROCA key of Wycheproof's json_web_key_test.json (group jws_rsa_roca_key; C2SP
+    /// Wycheproof, Apache-2.0).
+    const ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+
+    fn rsa_jwk(n: &str, e: &str) -> Value {
+        serde_json::json!({"kty": "RSA", "n": n, "e": e})
+    }
+
+    fn generated_rsa_n() -> Vec<u8> {
+        use aws_lc_rs::signature::KeyPair;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = pair.public_key().as_ref().to_vec();
+        pkcs1_parts(&der).unwrap().0.to_vec()
+    }
+
+    #[test]
+    fn roca_moduli_are_refused_and_generated_ones_are_not() {
+        let e = key_from_jwk(&rsa_jwk(ROCA_N, "AQAB"), false).unwrap_err();
+        assert!(e.contains("CVE-2017-15361"), "{e}");
+        for _ in 0..4 {
+            let n = generated_rsa_n();
+            assert!(!roca_fingerprint(unsigned(&n)));
+            key_from_jwk(&rsa_jwk(&crate::token::b64_encode(&n), "AQAB"), false).unwrap();
+        }
+    }
+
+    #[test]
+    fn rsa_exponents_must_be_odd_and_at_least_three() {
+        let n = crate::token::b64_encode(&generated_rsa_n());
+        for (e, ok) in [
+            ("AQ", false),           // 1
+            ("Ag", false),           // 2
+            ("AAE", false),          // 1 with a leading zero
+            ("AAAAAQ", false),       // still 1
+            ("AQAA", false),         // 65536: even
+            ("Aw", true),            // 3
+            ("AQAB", true),          // 65537
+            ("AAEAAQ", true),        // 65537 with a leading zero
+            ("AQAAAAAAAAAB", false), // more than 64 bits
+        ] {
+            assert_eq!(key_from_jwk(&rsa_jwk(&n, e), false).is_ok(), ok, "{e}");
+        }
+    }
+
+    #[test]
+    fn p521_keys_are_read_from_jwk_and_pem_and_pinned_to_es512() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P521_SHA512_FIXED_SIGNING};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        assert_eq!(point.len(), 133);
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-521",
+            "x": crate::token::b64_encode(&point[1..67]), "y": crate::token::b64_encode(&point[67..])});
+        let k = key_from_jwk(&jwk, false).unwrap();
+        assert_eq!((k.kind, k.bits), (KeyKind::EcP521, 521));
+        assert!(k.permits(Alg::ES512).is_ok());
+        for other in [Alg::ES256, Alg::ES384, Alg::HS512, Alg::RS512] {
+            assert!(k.permits(other).is_err(), "{other}");
+        }
+        // The same key as an SPKI PEM (id-ecPublicKey, secp521r1).
+        let mut spki = vec![0x30, 0x81, 0x9b, 0x30, 0x10, 0x06, 0x07];
+        spki.extend([0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05]);
+        spki.extend([0x2b, 0x81, 0x04, 0x00, 0x23, 0x03, 0x81, 0x86, 0x00]);
+        spki.extend(&point);
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &spki);
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        let from_pem = key_from_pem(&pem).unwrap();
+        assert_eq!(
+            (from_pem.kind, from_pem.data == k.data),
+            (KeyKind::EcP521, true)
+        );
+        // A P-521 curve name with P-256-sized coordinates, and a point off the curve.
+        let short = serde_json::json!({"kty": "EC", "crv": "P-521",
+            "x": crate::token::b64_encode(&point[1..33]), "y": crate::token::b64_encode(&point[33..65])});
+        assert!(key_from_jwk(&short, false)
+            .unwrap_err()
+            .contains("66 bytes"));
+        let mut bent = point.clone();
+        bent[132] ^= 1;
+        let off = serde_json::json!({"kty": "EC", "crv": "P-521",
+            "x": crate::token::b64_encode(&bent[1..67]), "y": crate::token::b64_encode(&bent[67..])});
+        assert!(key_from_jwk(&off, false)
+            .unwrap_err()
+            .contains("not a point"));
+        // A JWK naming ES512 fits; one naming the non-algorithm ES521 is not used.
+        let mut named = jwk.clone();
+        named["alg"] = "ES512".into();
+        assert_eq!(key_from_jwk(&named, false).unwrap().alg, Some(Alg::ES512));
+        named["alg"] = "ES521".into();
+        assert!(key_from_jwk(&named, false).is_err());
+    }
+
+    #[test]
+    fn explicit_key_sets_do_not_mix_secrets_and_public_keys() {
+        let mixed = format!(
+            r#"{{"keys":[{{"kty":"oct","k":"{}"}},{}]}}"#,
+            crate::token::b64_encode(&[9u8; 32]),
+            ed("e1", "")
+        );
+        let e = explicit_keys(&mixed, None).unwrap_err();
+        assert!(e.message.contains("mixes shared secrets"), "{}", e.message);
+        assert_eq!(e.setting, "key");
+        // Each kind alone is fine.
+        assert_eq!(explicit_keys(&ed("e1", ""), None).unwrap().0.len(), 1);
+        let (k, alg) = explicit_keys("0123456789abcdef0123456789abcdef", None).unwrap();
+        assert_eq!((k[0].kind, alg), (KeyKind::Hmac, None));
+        // Without an algorithm a secret still needs HS256's length; with one, that one's.
+        assert!(explicit_keys("short", None).is_err());
+        assert!(explicit_keys("0123456789abcdef0123456789abcdef", Some("HS384")).is_err());
+    }
 }

@@ -841,4 +841,171 @@ mod tests {
         let v = verify(&t, &keys, &policy, 1000).unwrap();
         assert!(!crate::claims::has_role(&v.claims().unwrap(), "admin"));
     }
+
+    /// A JWS over any payload bytes, HS256 with [`SECRET`], with this header.
+    fn jws(header: &str, payload: &[u8]) -> String {
+        let input = format!(
+            "{}.{}",
+            crate::token::b64_encode(header.as_bytes()),
+            crate::token::b64_encode(payload)
+        );
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+                .unwrap();
+        format!("{input}.{sig}")
+    }
+
+    #[test]
+    fn jws_payloads_are_any_bytes_and_no_claim_is_judged() {
+        let (keys, _) = crate::explicit_keys(SECRET, None).unwrap();
+        for payload in [&b""[..], b"foo", &[0u8; 20], &[0xff, 0xfe, 0x00]] {
+            let t = jws(r#"{"alg":"HS256"}"#, payload);
+            assert_eq!(verify_jws(&t, &keys, None).unwrap(), payload);
+            assert_eq!(verify_jws(&t, &keys, Some(Alg::HS256)).unwrap(), payload);
+            let e = verify_jws(&t, &keys, Some(Alg::HS512)).unwrap_err();
+            assert_eq!(e.check, Check::Algorithm);
+        }
+        // An expired JWT is only bytes here.
+        let t = jws(r#"{"alg":"HS256"}"#, br#"{"exp":1}"#);
+        assert_eq!(verify_jws(&t, &keys, None).unwrap(), br#"{"exp":1}"#);
+        // A token's payload may not be empty.
+        let e = verify(
+            &jws(r#"{"alg":"HS256"}"#, b""),
+            &keys,
+            &Policy::default(),
+            0,
+        );
+        assert_eq!(e.unwrap_err().check, Check::Format);
+    }
+
+    #[test]
+    fn jws_forms_and_headers_that_are_refused() {
+        let (keys, _) = crate::explicit_keys(SECRET, None).unwrap();
+        let good = jws(r#"{"alg":"HS256"}"#, b"foo");
+        let (input, sig) = good.rsplit_once('.').unwrap();
+        let (h, p) = input.split_once('.').unwrap();
+        let cases: Vec<(String, Check, &str)> = vec![
+            (
+                format!(r#"{{"payload":"{p}","protected":"{h}","signature":"{sig}"}}"#),
+                Check::Format,
+                "JSON serialization",
+            ),
+            (format!("{input}."), Check::Signature, "no signature"),
+            (format!("{input}.{sig}."), Check::Format, "4"),
+            (format!("{h}.{p}.{sig}.x.y"), Check::Format, "JWE"),
+            (format!("{h}.{p}?.{sig}"), Check::Format, "base64url"),
+            (
+                format!(".{p}.{sig}"),
+                Check::Format,
+                "header segment is empty",
+            ),
+            (
+                jws(r#"{"alg":"none"}"#, b"foo"),
+                Check::Algorithm,
+                "never accepted",
+            ),
+            (
+                jws(r#"{"alg":"HS256","b64":false,"crit":["b64"]}"#, b"foo"),
+                Check::Format,
+                "critical",
+            ),
+            (
+                jws(r#"{"alg":"HS256","b64":false}"#, b"foo"),
+                Check::Format,
+                "RFC 7797",
+            ),
+            (
+                jws(r#"{"alg":"HS256","crit":["exp"]}"#, b"foo"),
+                Check::Format,
+                "critical",
+            ),
+            (
+                jws(r#"{"alg":"HS256"}"#, b"foo").replace(sig, "x"),
+                Check::Format,
+                "signature",
+            ),
+            (format!("{input}.{}", &sig[1..]), Check::Format, "signature"),
+            (
+                format!("{}.{p}.{sig}", h.replace('e', "f")),
+                Check::Format,
+                "header",
+            ),
+            (
+                "a".repeat(crate::token::MAX_JWS_BYTES + 1),
+                Check::Format,
+                "limit",
+            ),
+        ];
+        for (t, check, words) in cases {
+            let e = verify_jws(&t, &keys, None).unwrap_err();
+            assert_eq!(e.check, check, "{words}: {}", e.detail);
+            assert!(e.detail.contains(words), "{words}: {}", e.detail);
+        }
+        // b64: true is the default spelled out.
+        let t = jws(r#"{"alg":"HS256","b64":true}"#, b"foo");
+        assert_eq!(verify_jws(&t, &keys, None).unwrap(), b"foo");
+    }
+
+    #[test]
+    fn a_kid_naming_two_different_keys_is_ambiguous() {
+        let oct = |k: &[u8]| {
+            format!(
+                r#"{{"kty":"oct","kid":"k","k":"{}"}}"#,
+                crate::token::b64_encode(k)
+            )
+        };
+        let ours = oct(SECRET.as_bytes());
+        let t = jws(r#"{"alg":"HS256","kid":"k"}"#, b"foo");
+        let two = format!(r#"{{"keys":[{ours},{}]}}"#, oct(&[1u8; 32]));
+        let (keys, _) = crate::explicit_keys(&two, None).unwrap();
+        let e = verify_jws(&t, &keys, None).unwrap_err();
+        assert_eq!(e.check, Check::Key);
+        assert!(e.detail.contains("names 2 different keys"), "{}", e.detail);
+        // The same key twice is one key.
+        let same = format!(r#"{{"keys":[{ours},{ours}]}}"#);
+        let (keys, _) = crate::explicit_keys(&same, None).unwrap();
+        assert_eq!(verify_jws(&t, &keys, None).unwrap(), b"foo");
+    }
+
+    #[test]
+    fn es512_signs_and_verifies_end_to_end() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P521_SHA512_FIXED_SIGNING};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        let b64 =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pkcs8.as_ref());
+        let private_pem =
+            format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let jwk = format!(
+            r#"{{"kty":"EC","crv":"P-521","x":"{}","y":"{}"}}"#,
+            crate::token::b64_encode(&point[1..67]),
+            crate::token::b64_encode(&point[67..])
+        );
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"sub":"kp_1","exp":2000}"#).unwrap();
+        let t = crate::sign::sign(&claims, &private_pem, "ES512", None).unwrap();
+        assert!(t.starts_with(&crate::token::b64_encode(br#"{"alg":"ES512","typ":"JWT"}"#)));
+        let (keys, alg) = crate::explicit_keys(&jwk, Some("ES512")).unwrap();
+        assert_eq!(alg, Some(Alg::ES512));
+        let policy = Policy {
+            require_sub: false,
+            ..Policy::default()
+        };
+        assert_eq!(verify(&t, &keys, &policy, 1000).unwrap().exp, 2000);
+        assert_eq!(
+            verify_jws(&t, &keys, None).unwrap(),
+            br#"{"exp":2000,"sub":"kp_1"}"#
+        );
+        // A P-521 key cannot sign ES256 or ES384, and an ES512 signature is 132 bytes.
+        for other in ["ES256", "ES384"] {
+            let e = crate::sign::sign(&claims, &private_pem, other, None).unwrap_err();
+            assert!(e.message.contains("curve"), "{}", e.message);
+        }
+        let sig = crate::token::b64_decode(t.rsplit('.').next().unwrap(), "signature").unwrap();
+        assert_eq!(sig.len(), 132);
+    }
 }
