@@ -957,9 +957,23 @@ pub fn explicit_keys(
     let list = if is_pem(t) {
         vec![key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
     } else if t.starts_with('{') {
-        let keys = parse_jwks(key, true)
-            .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?
-            .keys;
+        let KeySet { keys, ignored } = parse_jwks(key, true)
+            .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?;
+        // A published set may carry keys this verifier cannot use (RFC 7517 §5); a caller's set
+        // whose kid names both a usable key and an unusable one leaves it to chance which key
+        // the caller meant.
+        if let Some((i, kid)) = ignored.iter().find_map(|i| {
+            let kid = i.kid.as_deref()?;
+            keys.iter()
+                .any(|k| k.kid.as_deref() == Some(kid))
+                .then_some((i, kid))
+        }) {
+            return Err(bad_key(format!(
+                "the key set lists kid {} more than once, and one of those keys cannot be used ({}); a kid must name one key",
+                quote(kid),
+                i.reason
+            )));
+        }
         if keys.iter().any(|k| k.kind == KeyKind::Hmac)
             && keys.iter().any(|k| k.kind != KeyKind::Hmac)
         {
@@ -1498,6 +1512,14 @@ mod tests {
         let e = explicit_keys(&mixed, None).unwrap_err();
         assert!(e.message.contains("mixes shared secrets"), "{}", e.message);
         assert_eq!(e.setting, "key");
+        // A kid that names a usable key and an unusable one.
+        let twice = format!(
+            r#"{{"keys":[{},{}]}}"#,
+            ed("e1", ""),
+            ed("e1", r#","use":"enc""#)
+        );
+        let e = explicit_keys(&twice, None).unwrap_err();
+        assert!(e.message.contains("lists kid \"e1\" more than once"), "{}", e.message);
         // Each kind alone is fine.
         assert_eq!(explicit_keys(&ed("e1", ""), None).unwrap().0.len(), 1);
         let (k, alg) = explicit_keys("0123456789abcdef0123456789abcdef", None).unwrap();
