@@ -957,8 +957,8 @@ pub fn explicit_keys(
     let list = if is_pem(t) {
         vec![key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
     } else if t.starts_with('{') {
-        let KeySet { keys, ignored } = parse_jwks(key, true)
-            .map_err(|e| bad_key(format!("the key cannot be used: {e}")))?;
+        let KeySet { keys, ignored } =
+            parse_jwks(key, true).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?;
         // A published set may carry keys this verifier cannot use (RFC 7517 §5); a caller's set
         // whose kid names both a usable key and an unusable one leaves it to chance which key
         // the caller meant.
@@ -1519,7 +1519,11 @@ mod tests {
             ed("e1", r#","use":"enc""#)
         );
         let e = explicit_keys(&twice, None).unwrap_err();
-        assert!(e.message.contains("lists kid \"e1\" more than once"), "{}", e.message);
+        assert!(
+            e.message.contains("lists kid \"e1\" more than once"),
+            "{}",
+            e.message
+        );
         // Each kind alone is fine.
         assert_eq!(explicit_keys(&ed("e1", ""), None).unwrap().0.len(), 1);
         let (k, alg) = explicit_keys("0123456789abcdef0123456789abcdef", None).unwrap();
