@@ -16,7 +16,8 @@ use base64::Engine;
 use kinde_rls_core::config::{Config, Settings};
 use kinde_rls_core::{explain_configured, verify_configured, NoRemote};
 use kinde_rls_core::{claims, explain, token, verify, Check, Error, ExplainRow, Key, Policy};
-use kinde_rls_core::{KeyKind, Verified};
+use kinde_rls_core::rules::CLAIM_CHECKS;
+use kinde_rls_core::{verify_jws, KeyKind, Verified};
 use serde_json::{Map, Value};
 
 /// The verifier's clock: 2027-01-15 08:00:00 UTC. fuzz/seeds/mint.py mints for it.
@@ -236,6 +237,22 @@ pub fn check(t: &str) -> Verdict {
         }
         if let Ok(v) = &v {
             accepted(t, v);
+        }
+        // jws_verify takes the same stages without the claims: it accepts every token whose
+        // refusal, if any, is a claim's, returning the payload as sent; and it refuses every
+        // token verify refuses at the algorithm, the key or the signature, at the same check.
+        // (A format refusal may be the payload's, which jws_verify does not read as JSON.)
+        let j = verify_jws(t, &f.keys, None);
+        match &v {
+            Ok(a) => assert_eq!(Ok(a.payload.as_bytes()), j.as_deref(), "{t}"),
+            Err(r) if CLAIM_CHECKS.contains(&r.check) => {
+                let p = token::parse(t).expect("a token refused at a claim parses");
+                assert_eq!(Ok(p.payload_json.as_bytes()), j.as_deref(), "{t}");
+            }
+            Err(r) if r.check != Check::Format => {
+                assert_eq!(j.map_err(|e| e.check), Err(r.check), "{t}");
+            }
+            Err(_) => {}
         }
         Verdict {
             verify: v.is_ok(),
