@@ -14,9 +14,9 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use kinde_rls_core::config::{Config, Settings};
-use kinde_rls_core::{explain_configured, verify_configured, NoRemote};
-use kinde_rls_core::{claims, explain, token, verify, Check, Error, ExplainRow, Key, Policy};
 use kinde_rls_core::rules::CLAIM_CHECKS;
+use kinde_rls_core::{claims, explain, token, verify, Check, Error, ExplainRow, Key, Policy};
+use kinde_rls_core::{explain_configured, verify_configured, NoRemote};
 use kinde_rls_core::{verify_jws, KeyKind, Verified};
 use serde_json::{Map, Value};
 
@@ -434,7 +434,10 @@ pub fn parse_token(data: &[u8]) {
         let j = jws.unwrap_or_else(|r| panic!("parse accepts, parse_jws refuses: {r}"));
         assert_eq!(j.header, p.header);
         assert_eq!(j.payload, p.payload_json.as_bytes());
-        assert_eq!((j.signing_input, j.signature), (p.signing_input, p.signature));
+        assert_eq!(
+            (j.signing_input, j.signature),
+            (p.signing_input, p.signature)
+        );
         assert_eq!((j.alg, j.kid), (p.alg, p.kid));
     }
 }
