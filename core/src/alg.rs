@@ -121,18 +121,23 @@ pub(crate) enum KeyData {
     Point(Vec<u8>),
 }
 
+/// An HMAC key for one of the HS algorithms (HS256 for any other, which never reaches here).
+pub(crate) fn hmac_key(alg: Alg, secret: &[u8]) -> hmac::Key {
+    let h = match alg {
+        Alg::HS384 => hmac::HMAC_SHA384,
+        Alg::HS512 => hmac::HMAC_SHA512,
+        _ => hmac::HMAC_SHA256,
+    };
+    hmac::Key::new(h, secret)
+}
+
 /// Does `signature` sign `message` under `key` with `alg`? The one signature check in kinde_rls.
 /// Anything that does not verify — a key of another family, a signature of the wrong length,
 /// a key the backend rejects — is `false`: fail closed.
 pub(crate) fn verify_signature(alg: Alg, key: &KeyData, message: &[u8], signature: &[u8]) -> bool {
     match (alg.family(), key) {
         (Family::Hmac, KeyData::Secret(secret)) => {
-            let h = match alg {
-                Alg::HS384 => hmac::HMAC_SHA384,
-                Alg::HS512 => hmac::HMAC_SHA512,
-                _ => hmac::HMAC_SHA256,
-            };
-            hmac::verify(&hmac::Key::new(h, secret), message, signature).is_ok()
+            hmac::verify(&hmac_key(alg, secret), message, signature).is_ok()
         }
         (Family::Rsa, KeyData::Rsa { n, e }) => {
             let params: &sig::RsaParameters = match alg {

@@ -782,13 +782,7 @@ mod tests {
 
     /// An HS256 token over this exact payload text.
     fn hs256(payload: &str) -> String {
-        let h = crate::token::b64_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let input = format!("{h}.{}", crate::token::b64_encode(payload.as_bytes()));
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-        let sig =
-            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
-                .unwrap();
-        format!("{input}.{sig}")
+        jws(r#"{"alg":"HS256","typ":"JWT"}"#, payload.as_bytes())
     }
 
     /// A validly signed payload whose claim map cannot be built is refused at the format check,

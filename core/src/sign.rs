@@ -100,12 +100,7 @@ fn signer(key: &str, alg: Alg) -> Result<Signer, ConfigError> {
                     "Pass the HMAC secret as key, or choose the algorithm that fits the key (RFC 7518 §3.2).",
                 )
             })?;
-            let h = match alg {
-                Alg::HS384 => hmac::HMAC_SHA384,
-                Alg::HS512 => hmac::HMAC_SHA512,
-                _ => hmac::HMAC_SHA256,
-            };
-            Ok(Signer::Hmac(Box::new(hmac::Key::new(h, pem))))
+            Ok(Signer::Hmac(Box::new(crate::alg::hmac_key(alg, pem))))
         }
         Family::Rsa => {
             let der = EncodingKey::from_rsa_pem(pem).map_err(|_| bad_pem("RSA"))?;
