@@ -657,7 +657,7 @@ pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
 /// escaped line breaks, a JSON string literal, percent-encoding, up to three layers of base64
 /// or hex, text around a base64 run — and recognises PEM and RFC 4716 blocks (or their END
 /// lines), JWKs and JWKS (JSON, or YAML-like `kty:`), SSH public keys (text or wire format),
-/// DER public keys and certificates, and uncompressed EC points on P-256/P-384 (with or
+/// DER public keys and certificates, and uncompressed EC points on P-256/P-384/P-521 (with or
 /// without their `04` prefix). What it cannot tell from a random secret, and so does not
 /// refuse: a key's bare numbers — an RSA modulus, an Ed25519 key, a compressed EC point — in
 /// whatever encoding. Keep secrets and public keys apart.
@@ -1187,6 +1187,19 @@ mod tests {
         let ec =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
         let point = ec.public_key().as_ref().to_vec();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let p521 = EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+            pkcs8.as_ref(),
+        )
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
         let b64 = STANDARD.encode(&spki);
         let pem = format!(
             "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
@@ -1256,6 +1269,8 @@ mod tests {
             ("EC", STANDARD.encode(&point)),
             ("EC", hex(&point)),
             ("EC", URL_SAFE_NO_PAD.encode(&point[1..])),
+            ("EC", STANDARD.encode(&p521)),
+            ("EC", hex(&p521[1..])),
             ("JWK", serde_json::Value::String(jwk.clone()).to_string()),
             ("JWK", jwk.bytes().map(|b| format!("%{b:02X}")).collect()),
             (
