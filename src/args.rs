@@ -78,7 +78,9 @@ pub fn obj_or_raise(claims_json: Jsonb, arg: &str) -> serde_json::Map<String, se
 /// A token argument: text that is not UTF-8 is not a token (28000, `format`).
 pub fn token_arg<'a>(token: &Text<'a>) -> &'a str {
     match token.utf8() {
-        Some(t) => t.trim(),
+        // ASCII white space only: the text around a token in a header or a file, not every
+        // character Unicode calls a space.
+        Some(t) => t.trim_matches(|c: char| c.is_ascii_whitespace()),
         None => crate::errors::refuse(&kinde_rls_core::Refusal::new(
             kinde_rls_core::Check::Format,
             "the token is not valid UTF-8",

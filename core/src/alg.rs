@@ -95,11 +95,18 @@ impl Alg {
             .into_iter()
             .find(|a| a.name() == name)
             .ok_or_else(|| {
-                format!(
-                    "algorithm {} is not supported (supported: {})",
-                    quote(name),
-                    Alg::ALL.map(Alg::name).join(", ")
-                )
+                let supported = Alg::ALL.map(Alg::name).join(", ");
+                // A name no algorithm could have is not repeated: it may be a secret passed in
+                // the algorithm's place.
+                if name.len() <= 16 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    format!(
+                        "algorithm {} is not supported (supported: {supported})",
+                        quote(name)
+                    )
+                } else {
+                    format!("the algorithm is not one of the supported names ({supported})")
+                }
             })
     }
 }

@@ -14,6 +14,16 @@ use crate::token::b64_decode;
 /// Smallest RSA modulus accepted (RFC 7518 §3.3 requires 2048 bits).
 pub const MIN_RSA_BITS: usize = 2048;
 
+/// Largest RSA modulus, and longest public exponent, the signature check can use (aws-lc-rs
+/// verifies 2048–8192-bit keys with exponents of up to 33 bits).
+pub const MAX_RSA_BITS: usize = 8192;
+const MAX_RSA_EXPONENT_BITS: usize = 33;
+
+/// Longest explicit key argument, in bytes: as much as a fetched key set may be
+/// ([`crate::fetch::MAX_BODY_BYTES`]). No secret, PEM or key set is longer, and the work of
+/// reading a key stays bounded.
+pub const MAX_KEY_BYTES: usize = crate::fetch::MAX_BODY_BYTES;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
     Hmac,
@@ -220,10 +230,11 @@ fn unsigned(be: &[u8]) -> &[u8] {
     &be[zeros..]
 }
 
-/// The rules every RSA public key passes, wherever it comes from (PEM, JWK): a modulus of at
-/// least [`MIN_RSA_BITS`], an odd public exponent of at least 3 (e = 1 makes every "signature"
-/// its own message; even exponents are not RSA), and a modulus that is not one of the
-/// factorable keys of CVE-2017-15361 (ROCA).
+/// The rules every RSA public key passes, wherever it comes from (PEM, JWK): a modulus of
+/// [`MIN_RSA_BITS`] to [`MAX_RSA_BITS`], an odd public exponent of at least 3 (e = 1 makes every
+/// "signature" its own message; even exponents are not RSA) and at most 33 bits, and a modulus
+/// that is not one of the factorable keys of CVE-2017-15361 (ROCA). Leading zero bytes are not
+/// part of the numbers.
 fn rsa_key(n: &[u8], e: &[u8]) -> Result<(usize, KeyData), String> {
     let (n, e) = (unsigned(n), unsigned(e));
     let bits = bit_len(n);
@@ -232,14 +243,21 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Result<(usize, KeyData), String> {
             "the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
         ));
     }
+    if bits > MAX_RSA_BITS {
+        return Err(format!(
+            "the RSA key has {bits} bits; at most {MAX_RSA_BITS} are supported"
+        ));
+    }
     let small_or_even = match e {
         [] => true,
         [.., last] if last % 2 == 0 => true,
         [only] => *only < 3,
         _ => false,
     };
-    if small_or_even || e.len() > 8 {
-        return Err("the RSA public exponent must be odd, at least 3 and at most 64 bits".into());
+    if small_or_even || bit_len(e) > MAX_RSA_EXPONENT_BITS {
+        return Err(format!(
+            "the RSA public exponent must be odd, at least 3 and at most {MAX_RSA_EXPONENT_BITS} bits"
+        ));
     }
     if roca_fingerprint(n) {
         return Err(
@@ -306,6 +324,14 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
     if pem.contains("PRIVATE KEY") {
         return Err("this is a private key; verification takes the public key".into());
     }
+    // One block and nothing else: the decoder reads the first block of a text and ignores the
+    // rest, which would leave it to chance which of two keys is meant.
+    let end = pem
+        .find("-----END ")
+        .and_then(|at| pem[at + 9..].find("-----").map(|e| at + 9 + e + 5));
+    if pem.matches("-----BEGIN ").count() != 1 || end.is_none_or(|e| !pem[e..].trim().is_empty()) {
+        return Err("the text must hold exactly one PEM block and nothing after it".into());
+    }
     let bytes = pem.as_bytes();
     let key = |kind, bits, data| Key {
         kid: None,
@@ -346,7 +372,14 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
 }
 
 fn b64_member(value: &str, name: &str) -> Result<Vec<u8>, String> {
-    b64_decode(value, name).map_err(|r| r.detail)
+    b64_decode(value, name).map_err(|r| {
+        if name == "k" {
+            // Where the decoder stopped would show a character of the secret.
+            "member k is not unpadded base64url".to_string()
+        } else {
+            r.detail
+        }
+    })
 }
 
 /// An EC public key must be a point on its curve: an off-curve point (invalid-curve attacks,
@@ -608,7 +641,7 @@ impl KeySet {
 /// (RFC 7517 §5: ignore what you do not understand), so one bad key never takes the good ones
 /// down with it. A document that is not a key set, or holds no usable key, is an error.
 pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let doc = crate::token::parse_strict(text).map_err(|e| format!("not valid JSON ({e})"))?;
     let obj = doc
         .as_object()
         .ok_or("a JWKS or JWK must be a JSON object")?;
@@ -953,6 +986,12 @@ pub fn explicit_keys(
             "Pass as key an HMAC secret, a PEM public key, or a JWK/JWKS JSON text.",
         )
     };
+    if key.len() > MAX_KEY_BYTES {
+        return Err(bad_key(format!(
+            "the key is {} bytes; the limit is {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
     let t = key.trim_start();
     let list = if is_pem(t) {
         vec![key_from_pem(key).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?]
@@ -1546,5 +1585,97 @@ mod tests {
         // Without an algorithm a secret still needs HS256's length; with one, that one's.
         assert!(explicit_keys("short", None).is_err());
         assert!(explicit_keys("0123456789abcdef0123456789abcdef", Some("HS384")).is_err());
+    }
+
+    #[test]
+    fn key_text_is_read_one_way_only() {
+        // Duplicate members, at any depth: whichever a reader kept, another reader may differ.
+        for text in [
+            format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{ED_X}","use":"enc","use":"sig"}}"#),
+            format!(r#"{{"keys":[],"keys":[{}]}}"#, ed("a", "")),
+            format!(r#"{{"keys":[{{"kty":"OKP","kty":"oct","crv":"Ed25519","x":"{ED_X}"}}]}}"#),
+        ] {
+            let e = parse_jwks(&text, true).unwrap_err();
+            assert!(e.contains("duplicate member"), "{e}");
+        }
+        // One PEM block and nothing after it.
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let spki = {
+            use aws_lc_rs::encoding::AsDer;
+            use aws_lc_rs::signature::KeyPair;
+            rsa.public_key().as_der().unwrap().as_ref().to_vec()
+        };
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &spki);
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        assert!(key_from_pem(&pem).is_ok());
+        assert!(key_from_pem(&format!("  {pem}\n\n")).is_ok());
+        for bad in [
+            format!("{pem}{pem}"),
+            format!("{pem}trailing"),
+            pem.replace("-----END PUBLIC KEY-----\n", ""),
+        ] {
+            let e = key_from_pem(&bad).unwrap_err();
+            assert!(e.contains("exactly one PEM block"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rsa_keys_the_signature_check_cannot_use_are_refused_when_read() {
+        let n = generated_rsa_n();
+        let b = crate::token::b64_encode;
+        // 33-bit exponents are the most the check takes; 34 bits are refused when read.
+        assert!(key_from_jwk(&rsa_jwk(&b(&n), &b(&[1, 0, 0, 0, 1])), false).is_ok());
+        let e = key_from_jwk(&rsa_jwk(&b(&n), &b(&[3, 0, 0, 0, 1])), false).unwrap_err();
+        assert!(e.contains("at most 33 bits"), "{e}");
+        // A modulus beyond 8192 bits.
+        let mut big = vec![0xc5u8; 1025];
+        big[1024] |= 1;
+        let e = key_from_jwk(&rsa_jwk(&b(&big), "AQAB"), false).unwrap_err();
+        assert!(e.contains("at most 8192"), "{e}");
+        // A modulus sent with a leading zero byte is the same key.
+        let padded = [&[0u8][..], &n].concat();
+        let k = key_from_jwk(&rsa_jwk(&b(&padded), "AQAB"), false).unwrap();
+        assert!(k.data == key_from_jwk(&rsa_jwk(&b(&n), "AQAB"), false).unwrap().data);
+    }
+
+    #[test]
+    fn explicit_keys_are_bounded_and_secrets_stay_unquoted() {
+        let huge = "k".repeat(MAX_KEY_BYTES + 1);
+        let e = explicit_keys(&huge, None).unwrap_err();
+        assert!(
+            e.message.contains("the limit is 65536 bytes"),
+            "{}",
+            e.message
+        );
+        // A secret in the algorithm's place is not repeated.
+        let secret = "Tr0ub4dor-and-3-more-words-hmac-secret-2024";
+        let e = explicit_keys("0123456789abcdef0123456789abcdef", Some(secret)).unwrap_err();
+        assert!(
+            !e.message.contains(secret) && !e.message.contains("Tr0ub"),
+            "{}",
+            e.message
+        );
+        let e = explicit_keys("0123456789abcdef0123456789abcdef", Some("XS256")).unwrap_err();
+        assert!(
+            e.message.contains(r#"algorithm "XS256" is not supported"#),
+            "{}",
+            e.message
+        );
+        // Where base64url decoding of a secret stopped is not said.
+        let e = explicit_keys(
+            r#"{"kty":"oct","k":"abc+defghijklmnopqrstuvwxyz0123456789abcdefgh"}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("member k is not unpadded base64url"),
+            "{}",
+            e.message
+        );
+        assert!(
+            !e.message.contains("offset") && !e.message.contains("symbol"),
+            "{}",
+            e.message
+        );
     }
 }

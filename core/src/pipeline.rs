@@ -885,6 +885,11 @@ mod tests {
                 Check::Format,
                 "JSON serialization",
             ),
+            (
+                format!(r#"{{"a":1}}.{p}.{sig}"#),
+                Check::Format,
+                "header is not unpadded base64url",
+            ),
             (format!("{input}."), Check::Signature, "no signature"),
             (format!("{input}.{sig}."), Check::Format, "4"),
             (format!("{h}.{p}.{sig}.x.y"), Check::Format, "JWE"),

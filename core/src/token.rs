@@ -153,6 +153,73 @@ impl<'de> Deserialize<'de> for Plain {
     }
 }
 
+/// A JSON value whose objects have unique member names at every depth, built like [`Plain`]:
+/// for keys and key sets, where a reader that keeps the first of two `use` or `kty` members
+/// and one that keeps the last would see different keys.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strict;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Strict, E> {
+                Ok(Strict(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Strict, E> {
+                Ok(Strict(Value::Number(n.into())))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Strict, E> {
+                Ok(Strict(Value::Number(n.into())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Strict, E> {
+                serde_json::Number::from_f64(n)
+                    .map(|n| Strict(Value::Number(n)))
+                    .ok_or_else(|| E::custom("a number that is not finite"))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Strict, E> {
+                Ok(Strict(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Strict, E> {
+                Ok(Strict(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Strict, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                while let Some(Strict(v)) = a.next_element::<Strict>()? {
+                    out.push(v);
+                }
+                Ok(Strict(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Strict, A::Error> {
+                let mut out = Map::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let Strict(v) = m.next_value()?;
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate member {}",
+                            quote(&k)
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Strict(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse JSON text whose objects have unique member names at every depth (keys, key sets).
+pub fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<Strict>(text).map(|s| s.0)
+}
+
 /// A JSON object whose top-level member names are unique.
 struct UniqueObject(Map<String, Value>);
 
@@ -486,7 +553,8 @@ fn split_within(token: &str, limit: usize) -> Result<(&str, &str, &str), Refusal
             token.len(),
         )));
     }
-    if token.trim_start().starts_with('{') {
+    let trimmed = token.trim();
+    if trimmed.starts_with('{') && trimmed.ends_with('}') {
         return Err(malformed(
             "this is a JWS in JSON serialization; only the compact form (header.payload.signature) is accepted",
         ));

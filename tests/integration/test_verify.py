@@ -542,3 +542,25 @@ def test_jws_verify_is_immutable_and_strict(user_conn, signers):
     t = pyjws(b"doc", s.key, "EdDSA")
     # Immutable: usable where PostgreSQL needs it, e.g. folded once for a constant argument.
     assert one(user_conn, "SELECT convert_from(jws_verify(%s, %s), 'UTF8')", (t, pem_public(s.key))) == "doc"
+
+
+def test_jws_verify_hostile_arguments(user_conn, signers):
+    s = signers["rsa"]
+    t = pyjws(b"foo", s.key, "RS256")
+    jwk = s.jwk()
+    # A key read one way only: duplicate members, two PEM blocks, a PEM with text after it.
+    dup = json.dumps(jwk)[:-1] + ', "use": "enc", "use": "sig"}'
+    config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, dup), setting="key")
+    two = pem_public(s.key) + pem_public(signers["rsa_other"].key)
+    config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, two), setting="key")
+    config_error(user_conn, "SELECT jws_verify(%s, %s)", (t, pem_public(s.key) + "trailing"), setting="key")
+    # Key text is bounded before any work is done on it.
+    e = config_error(user_conn, "SELECT jws_verify(%s, repeat('QUFB', 20000))", (t,), setting="key")
+    assert "the limit is 65536 bytes" in e.diag.message_primary
+    # Only ASCII white space around the token is dropped.
+    assert one(user_conn, "SELECT jws_verify(%s, %s)", (f" \n{t}\t", pem_public(s.key))) == b"foo"
+    refused(user_conn, "SELECT jws_verify(%s, %s)", ("\u00a0" + t, pem_public(s.key)), check="format")
+    # A secret passed where the algorithm goes is not repeated back.
+    secret = "Tr0ub4dor-and-3-more-words-hmac-secret"
+    e = config_error(user_conn, "SELECT jws_verify(%s, %s, %s)", (t, "RS256", secret), setting="algorithm")
+    assert secret not in str(e) and secret not in (e.diag.message_detail or "")
