@@ -513,6 +513,16 @@ fn check_jwk_purpose(jwk: &Jwk) -> Result<(), String> {
 /// symmetric (`kty: oct`) keys, which only an explicit key argument may use: a published JWKS
 /// must never hold secrets.
 pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
+    read_jwk(value, allow_oct, true)
+}
+
+/// The key a JWK holds, whatever it says it is for (`use`, `key_ops`, `alg` not read): to tell
+/// whether an unusable entry is another copy of a usable key.
+fn jwk_material(value: &Value) -> Option<KeyData> {
+    read_jwk(value, true, false).ok().map(|k| k.data)
+}
+
+fn read_jwk(value: &Value, allow_oct: bool, purpose: bool) -> Result<Key, String> {
     let Some(members) = value.as_object() else {
         return Err("it is not a JSON object".into());
     };
@@ -525,9 +535,12 @@ pub fn key_from_jwk(value: &Value, allow_oct: bool) -> Result<Key, String> {
     }
     let jwk: Jwk = serde_path_to_error::deserialize(value).map_err(jwk_shape_error)?;
     let material = Material::read(&jwk.kty, value)?;
-    check_jwk_purpose(&jwk)?;
+    if purpose {
+        check_jwk_purpose(&jwk)?;
+    }
     let alg = match &jwk.alg {
         None => None,
+        Some(_) if !purpose => None,
         Some(a) => Some(
             Alg::parse(a)
                 .map_err(|_| format!("alg {} is not a supported signature algorithm", quote(a)))?,
@@ -636,6 +649,18 @@ impl KeySet {
     }
 }
 
+/// The entries of a JWKS document, or the one JWK (text that [`parse_jwks`] accepted).
+fn jwk_entries(text: &str) -> Vec<Value> {
+    match crate::token::parse_strict(text) {
+        Ok(Value::Object(mut o)) => match o.remove("keys") {
+            Some(Value::Array(a)) => a,
+            Some(_) => vec![],
+            None => vec![Value::Object(o)],
+        },
+        _ => vec![],
+    }
+}
+
 /// Parse a JWKS document `{"keys": [...]}` or a single JWK object. Keys that cannot be used —
 /// another purpose or type, malformed, weak, off-curve, private — are ignored with a reason
 /// (RFC 7517 §5: ignore what you do not understand), so one bad key never takes the good ones
@@ -666,14 +691,17 @@ pub fn parse_jwks(text: &str, allow_oct: bool) -> Result<KeySet, String> {
         return Err(if set.ignored.is_empty() {
             "the key set is empty".into()
         } else {
-            format!(
-                "no usable signing key ({})",
-                set.ignored
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            // A few reasons say what is wrong; thousands would only make the message huge.
+            let mut reasons: Vec<String> = set
+                .ignored
+                .iter()
+                .take(5)
+                .map(ToString::to_string)
+                .collect();
+            if set.ignored.len() > reasons.len() {
+                reasons.push(format!("and {} more", set.ignored.len() - reasons.len()));
+            }
+            format!("no usable signing key ({})", reasons.join("; "))
         });
     }
     Ok(set)
@@ -999,19 +1027,25 @@ pub fn explicit_keys(
         let KeySet { keys, ignored } =
             parse_jwks(key, true).map_err(|e| bad_key(format!("the key cannot be used: {e}")))?;
         // A published set may carry keys this verifier cannot use (RFC 7517 §5); a caller's set
-        // whose kid names both a usable key and an unusable one leaves it to chance which key
-        // the caller meant.
-        if let Some((i, kid)) = ignored.iter().find_map(|i| {
-            let kid = i.kid.as_deref()?;
+        // whose kid names a usable key and an unusable *other* key (not the same key published
+        // again for another purpose) leaves it to chance which key the caller meant.
+        let same_key = |kid: &str, d: Option<&KeyData>| {
             keys.iter()
-                .any(|k| k.kid.as_deref() == Some(kid))
-                .then_some((i, kid))
-        }) {
-            return Err(bad_key(format!(
-                "the key set lists kid {} more than once, and one of those keys cannot be used ({}); a kid must name one key",
-                quote(kid),
-                i.reason
-            )));
+                .any(|k| k.kid.as_deref() == Some(kid) && d.is_none_or(|d| k.data == *d))
+        };
+        for e in jwk_entries(key).iter().filter(|_| !ignored.is_empty()) {
+            let Some(kid) = e.get("kid").and_then(Value::as_str) else {
+                continue;
+            };
+            let Err(reason) = key_from_jwk(e, true) else {
+                continue;
+            };
+            if same_key(kid, None) && !jwk_material(e).is_some_and(|d| same_key(kid, Some(&d))) {
+                return Err(bad_key(format!(
+                    "the key set lists kid {} for more than one key, and one of them cannot be used ({reason}); a kid must name one key",
+                    quote(kid),
+                )));
+            }
         }
         if keys.iter().any(|k| k.kind == KeyKind::Hmac)
             && keys.iter().any(|k| k.kind != KeyKind::Hmac)
@@ -1570,14 +1604,21 @@ mod tests {
         let twice = format!(
             r#"{{"keys":[{},{}]}}"#,
             ed("e1", ""),
-            ed("e1", r#","use":"enc""#)
+            ed("e1", r#","use":"enc""#).replace(ED_X, &crate::token::b64_encode(&[7; 32]))
         );
         let e = explicit_keys(&twice, None).unwrap_err();
         assert!(
-            e.message.contains("lists kid \"e1\" more than once"),
+            e.message.contains("lists kid \"e1\" for more than one key"),
             "{}",
             e.message
         );
+        // The same key listed again for another purpose is one key.
+        let again = format!(
+            r#"{{"keys":[{},{}]}}"#,
+            ed("e1", ""),
+            ed("e1", r#","use":"enc","alg":"ECDH-ES""#)
+        );
+        assert_eq!(explicit_keys(&again, None).unwrap().0.len(), 1);
         // Each kind alone is fine.
         assert_eq!(explicit_keys(&ed("e1", ""), None).unwrap().0.len(), 1);
         let (k, alg) = explicit_keys("0123456789abcdef0123456789abcdef", None).unwrap();
@@ -1617,6 +1658,14 @@ mod tests {
             let e = key_from_pem(&bad).unwrap_err();
             assert!(e.contains("exactly one PEM block"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_set_of_unusable_keys_is_refused_in_a_few_words() {
+        let many = format!(r#"{{"keys":[{}{{}}]}}"#, "{},".repeat(9999));
+        let e = parse_jwks(&many, true).unwrap_err();
+        assert!(e.ends_with("and 9995 more)"), "{e}");
+        assert!(e.len() < 300, "{e}");
     }
 
     #[test]

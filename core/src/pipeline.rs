@@ -604,19 +604,25 @@ pub fn select_keys<'k>(
             // The same key listed twice (a pinned copy of a published key) is one key; two
             // different keys under one kid leave it to chance which one the token meant
             // (RFC 7517 §4.5 allows one kid for keys of different types, which never both fit).
-            fit.dedup_by(|a, b| a.data == b.data);
-            if fit.iter().any(|k| k.data != fit[0].data) {
+            let mut distinct: Vec<&Key> = Vec::with_capacity(fit.len());
+            for k in fit {
+                if !distinct.iter().any(|d| d.data == k.data) {
+                    distinct.push(k);
+                }
+            }
+            if distinct.len() > 1 {
                 return Err(Refusal::new(
                     Check::Key,
                     format!(
                         "kid {} names {} different keys that could verify {}; a kid must name one key",
                         quote(kid),
-                        fit.len(),
+                        distinct.len(),
                         alg.name()
                     ),
                 )
                 .because("the kid is ambiguous"));
             }
+            fit = distinct;
             fit
         } else {
             let fit: Vec<&Key> = keys
@@ -956,7 +962,7 @@ mod tests {
         };
         let ours = oct(SECRET.as_bytes());
         let t = jws(r#"{"alg":"HS256","kid":"k"}"#, b"foo");
-        let two = format!(r#"{{"keys":[{ours},{}]}}"#, oct(&[1u8; 32]));
+        let two = format!(r#"{{"keys":[{ours},{},{ours}]}}"#, oct(&[1u8; 32]));
         let (keys, _) = crate::explicit_keys(&two, None).unwrap();
         let e = verify_jws(&t, &keys, None).unwrap_err();
         assert_eq!(e.check, Check::Key);
