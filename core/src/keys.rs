@@ -248,6 +248,9 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Result<(usize, KeyData), String> {
             "the RSA key has {bits} bits; at most {MAX_RSA_BITS} are supported"
         ));
     }
+    if n.last().is_some_and(|b| b % 2 == 0) {
+        return Err("the RSA modulus is even: it is not a product of two large primes".into());
+    }
     let small_or_even = match e {
         [] => true,
         [.., last] if last % 2 == 0 => true,
@@ -1681,6 +1684,11 @@ mod tests {
         big[1024] |= 1;
         let e = key_from_jwk(&rsa_jwk(&b(&big), "AQAB"), false).unwrap_err();
         assert!(e.contains("at most 8192"), "{e}");
+        // An even modulus is no RSA key.
+        let mut even = n.clone();
+        *even.last_mut().unwrap() &= 0xfe;
+        let e = key_from_jwk(&rsa_jwk(&b(&even), "AQAB"), false).unwrap_err();
+        assert!(e.contains("modulus is even"), "{e}");
         // A modulus sent with a leading zero byte is the same key.
         let padded = [&[0u8][..], &n].concat();
         let k = key_from_jwk(&rsa_jwk(&b(&padded), "AQAB"), false).unwrap();
