@@ -366,9 +366,7 @@ pub fn key_from_pem(pem: &str) -> Result<Key, String> {
         let DecodingKeyKind::SecretOrDer(x) = k.kind() else {
             return Err("the Ed25519 public key is not 32 bytes".into());
         };
-        if x.len() != 32 {
-            return Err("an Ed25519 public key is 32 bytes".into());
-        }
+        check_ed25519_key(x)?;
         return Ok(key(KeyKind::Ed25519, 256, KeyData::Point(x.to_vec())));
     }
     Err("not a PEM public key of a supported type (RSA, EC P-256/P-384/P-521, Ed25519)".into())
@@ -400,6 +398,69 @@ fn check_ec_point(kind: KeyKind, point: &[u8]) -> Result<(), String> {
     ParsedPublicKey::new(alg, point)
         .map(|_| ())
         .map_err(|_| format!("the {} is not a point on its curve", kind.name()))
+}
+
+/// The encodings of the Ed25519 points of small order, sign bit aside (as libsodium's
+/// blocklist): the eight points of the torsion subgroup, and the second encodings of two of
+/// them. Under such a "public key" signatures verify without any private key — under the
+/// identity, one fixed signature verifies every message — so it is never a key.
+const ED25519_SMALL_ORDER: [[u8; 32]; 7] = [
+    // y = 0 (order 4)
+    [
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ],
+    // y = 1, the identity (order 1)
+    [
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00,
+    ],
+    // order 8
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    // order 8
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    // y = p - 1 (order 2)
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = p, a second encoding of 0
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = p + 1, a second encoding of 1
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// An Ed25519 public key is 32 bytes and not a point of small order.
+fn check_ed25519_key(x: &[u8]) -> Result<(), String> {
+    let Ok(mut y) = <[u8; 32]>::try_from(x) else {
+        return Err("an Ed25519 public key is 32 bytes".into());
+    };
+    y[31] &= 0x7f;
+    if ED25519_SMALL_ORDER.contains(&y) {
+        return Err(
+            "the Ed25519 key is a point of small order, under which signatures can be forged without a private key".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Members that only a private (or symmetric) key has. A published key with any of them leaked
@@ -578,9 +639,7 @@ fn read_jwk(value: &Value, allow_oct: bool, purpose: bool) -> Result<Key, String
                 return Err(format!("curve {} is not supported", quote(crv)));
             }
             let x = b64_member(x, "x")?;
-            if x.len() != 32 {
-                return Err("an Ed25519 public key is 32 bytes".into());
-            }
+            check_ed25519_key(&x)?;
             (KeyKind::Ed25519, 256, KeyData::Point(x))
         }
         Material::Oct(OctMembers { k }) if allow_oct => {
@@ -1734,5 +1793,37 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn small_order_ed25519_keys_are_refused() {
+        for (i, y) in ED25519_SMALL_ORDER.iter().enumerate() {
+            for sign in [0u8, 0x80] {
+                let mut x = *y;
+                x[31] |= sign;
+                let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+                    "x": crate::token::b64_encode(&x)});
+                let e = key_from_jwk(&jwk, false).unwrap_err();
+                assert!(e.contains("small order"), "{i} {sign}: {e}");
+            }
+        }
+        // Under the identity, (R = identity, S = 0) would verify any message: the forgery the
+        // rule prevents.
+        let identity = KeyData::Point(ED25519_SMALL_ORDER[1].to_vec());
+        let forged = [&ED25519_SMALL_ORDER[1][..], &[0u8; 32]].concat();
+        for m in [&b"a"[..], b"any message"] {
+            assert!(crate::alg::verify_signature(
+                Alg::EdDSA,
+                &identity,
+                m,
+                &forged
+            ));
+        }
+        // An ordinary key is fine.
+        assert!(key_from_jwk(
+            &serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X}),
+            false
+        )
+        .is_ok());
     }
 }
