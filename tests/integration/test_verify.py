@@ -564,3 +564,8 @@ def test_jws_verify_hostile_arguments(user_conn, signers):
     secret = "Tr0ub4dor-and-3-more-words-hmac-secret"
     e = config_error(user_conn, "SELECT jws_verify(%s, %s, %s)", (t, "RS256", secret), setting="algorithm")
     assert secret not in str(e) and secret not in (e.diag.message_detail or "")
+    # An Ed25519 "key" of small order, under which (identity, 0) verifies every message.
+    identity = json.dumps({"kty": "OKP", "crv": "Ed25519", "x": b64(b"\x01" + bytes(31))})
+    forged = ".".join([b64({"alg": "EdDSA"}), b64(b"anything"), b64(bytes([1]) + bytes(63))])
+    e = config_error(user_conn, "SELECT jws_verify(%s, %s)", (forged, identity), setting="key")
+    assert "small order" in e.diag.message_primary
