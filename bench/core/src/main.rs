@@ -123,7 +123,7 @@ fn load(path: &str) -> Vec<Case> {
             let token = c["token"].as_str().unwrap().to_string();
             let raw = B64.decode(c["raw"].as_str().unwrap()).unwrap();
             let keys = if alg == "HS256" {
-                kinde_rls_core::explicit_keys(std::str::from_utf8(&raw).unwrap(), "HS256")
+                kinde_rls_core::explicit_keys(std::str::from_utf8(&raw).unwrap(), Some("HS256"))
                     .unwrap()
                     .0
             } else {
