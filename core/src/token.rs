@@ -100,107 +100,62 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 /// while PostgreSQL's jsonb (`get_claims()`, `get_claim()`) sees an object with one odd member;
 /// and when that string is not JSON, the claim map could not be built at all. Every header and
 /// claim value is built through this instead: that member name is a name like any other.
-struct Plain(Value);
+///
+/// `Built<true>` ([`Strict`]) also refuses a repeated member name in any object, at any depth:
+/// for keys and key sets, where a reader that keeps the first of two `use` or `kty` members and
+/// one that keeps the last would see different keys. `Built<false>` ([`Plain`]) keeps the last,
+/// as `jsonb` does.
+struct Built<const UNIQUE: bool>(Value);
 
-impl<'de> Deserialize<'de> for Plain {
+type Plain = Built<false>;
+type Strict = Built<true>;
+
+impl<'de, const UNIQUE: bool> Deserialize<'de> for Built<UNIQUE> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Plain;
+        struct V<const UNIQUE: bool>;
+        impl<'de, const UNIQUE: bool> Visitor<'de> for V<UNIQUE> {
+            type Value = Built<UNIQUE>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_bool<E>(self, b: bool) -> Result<Plain, E> {
-                Ok(Plain(Value::Bool(b)))
+            fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Built(Value::Bool(b)))
             }
-            fn visit_i64<E>(self, n: i64) -> Result<Plain, E> {
-                Ok(Plain(Value::Number(n.into())))
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Built(Value::Number(n.into())))
             }
-            fn visit_u64<E>(self, n: u64) -> Result<Plain, E> {
-                Ok(Plain(Value::Number(n.into())))
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Built(Value::Number(n.into())))
             }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Plain, E> {
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
                 serde_json::Number::from_f64(n)
-                    .map(|n| Plain(Value::Number(n)))
+                    .map(|n| Built(Value::Number(n)))
                     .ok_or_else(|| E::custom("a number that is not finite"))
             }
-            fn visit_str<E>(self, s: &str) -> Result<Plain, E> {
-                Ok(Plain(Value::String(s.to_owned())))
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Built(Value::String(s.to_owned())))
             }
-            fn visit_string<E>(self, s: String) -> Result<Plain, E> {
-                Ok(Plain(Value::String(s)))
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Built(Value::String(s)))
             }
-            fn visit_unit<E>(self) -> Result<Plain, E> {
-                Ok(Plain(Value::Null))
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Built(Value::Null))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Plain, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
-                while let Some(Plain(v)) = a.next_element::<Plain>()? {
-                    out.push(v);
+                while let Some(v) = a.next_element::<Built<UNIQUE>>()? {
+                    out.push(v.0);
                 }
-                Ok(Plain(Value::Array(out)))
+                Ok(Built(Value::Array(out)))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Plain, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut out = Map::new();
                 while let Some(k) = m.next_key::<String>()? {
-                    // Below the top level a repeated name keeps the last value, as jsonb does.
-                    out.insert(k, m.next_value::<Plain>()?.0);
-                }
-                Ok(Plain(Value::Object(out)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A JSON value whose objects have unique member names at every depth, built like [`Plain`]:
-/// for keys and key sets, where a reader that keeps the first of two `use` or `kty` members
-/// and one that keeps the last would see different keys.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Strict;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<Strict, E> {
-                Ok(Strict(Value::Bool(b)))
-            }
-            fn visit_i64<E>(self, n: i64) -> Result<Strict, E> {
-                Ok(Strict(Value::Number(n.into())))
-            }
-            fn visit_u64<E>(self, n: u64) -> Result<Strict, E> {
-                Ok(Strict(Value::Number(n.into())))
-            }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Strict, E> {
-                serde_json::Number::from_f64(n)
-                    .map(|n| Strict(Value::Number(n)))
-                    .ok_or_else(|| E::custom("a number that is not finite"))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Strict, E> {
-                Ok(Strict(Value::String(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Strict, E> {
-                Ok(Strict(Value::String(s)))
-            }
-            fn visit_unit<E>(self) -> Result<Strict, E> {
-                Ok(Strict(Value::Null))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Strict, A::Error> {
-                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
-                while let Some(Strict(v)) = a.next_element::<Strict>()? {
-                    out.push(v);
-                }
-                Ok(Strict(Value::Array(out)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Strict, A::Error> {
-                let mut out = Map::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    let Strict(v) = m.next_value()?;
-                    if out.contains_key(&k) {
+                    let v = m.next_value::<Built<UNIQUE>>()?.0;
+                    if UNIQUE && out.contains_key(&k) {
                         return Err(serde::de::Error::custom(format!(
                             "duplicate member {}",
                             quote(&k)
@@ -208,10 +163,10 @@ impl<'de> Deserialize<'de> for Strict {
                     }
                     out.insert(k, v);
                 }
-                Ok(Strict(Value::Object(out)))
+                Ok(Built(Value::Object(out)))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V::<UNIQUE>)
     }
 }
 
@@ -234,7 +189,7 @@ impl<'de> Deserialize<'de> for UniqueObject {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<UniqueObject, A::Error> {
                 let mut out = Map::new();
                 while let Some(k) = m.next_key::<String>()? {
-                    let Plain(v) = m.next_value()?;
+                    let v = m.next_value::<Plain>()?.0;
                     if out.contains_key(&k) {
                         return Err(serde::de::Error::custom(format!(
                             "duplicate member {}",
@@ -279,7 +234,7 @@ impl<'de> Deserialize<'de> for Registered {
                         )));
                     }
                     if REGISTERED.contains(&k.as_ref()) {
-                        let Plain(v) = m.next_value()?;
+                        let v = m.next_value::<Plain>()?.0;
                         out.insert(k.to_string(), v);
                     } else {
                         m.next_value::<Checked>()?;
@@ -455,8 +410,8 @@ fn refuse_nul(text: &str, what: &str, member: &str) -> Result<(), Refusal> {
     if !has_suspect_escape(text) {
         return Ok(());
     }
-    let map = match serde_json::from_str::<Plain>(text) {
-        Ok(Plain(Value::Object(map))) => map,
+    let map = match serde_json::from_str::<Plain>(text).map(|p| p.0) {
+        Ok(Value::Object(map)) => map,
         Ok(_) => return Err(malformed(format!("the {what} is not a JSON object"))),
         Err(e) => {
             return Err(malformed(format!(
