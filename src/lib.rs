@@ -78,12 +78,12 @@ fn jws_verify_with_algorithm(jws: Text, key: Text, algorithm: Text) -> Vec<u8> {
 }
 
 fn verify_jws(jws: &Text, key: &Text, algorithm: Option<&Text>) -> Vec<u8> {
-    let jws = token_arg(jws).to_owned();
-    let key = arg_text(key, "key").to_owned();
-    let algorithm = algorithm.map(|a| arg_text(a, "algorithm").to_owned());
+    let jws = token_arg(jws);
+    let key = arg_text(key, "key");
+    let algorithm = algorithm.map(|a| arg_text(a, "algorithm"));
     errors::guarded(move || {
-        let (keys, alg) = explicit_keys(&key, algorithm.as_deref())?;
-        Ok(kinde_rls_core::verify_jws(&jws, &keys, alg)?)
+        let (keys, alg) = explicit_keys(key, algorithm)?;
+        Ok(kinde_rls_core::verify_jws(jws, &keys, alg)?)
     })
     .unwrap_or_else(|e| errors::raise(&e))
 }
