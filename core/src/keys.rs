@@ -1715,6 +1715,7 @@ mod tests {
         for bad in [
             format!("{pem}{pem}"),
             format!("{pem}trailing"),
+            format!("-----BEGIN PUBLIC KEY-----\n{pem}"),
             pem.replace("-----END PUBLIC KEY-----\n", ""),
         ] {
             let e = key_from_pem(&bad).unwrap_err();
