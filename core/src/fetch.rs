@@ -139,10 +139,11 @@ impl From<String> for GetError {
     }
 }
 
-/// GET `url` and return its body as text, following redirects by hand so that each hop obeys
+/// GET `url` and return its body as text, and the server's `Date` header (seconds since the
+/// epoch) when it sent a readable one, following redirects by hand so that each hop obeys
 /// [`hop_allowed`] from `origin` (the configured URL). Errors are short sentences for logs and
 /// `jwks_status()`.
-pub fn get(url: &str, origin: &str, deadline: Instant) -> Result<String, GetError> {
+pub fn get(url: &str, origin: &str, deadline: Instant) -> Result<(String, Option<i64>), GetError> {
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
         hop_allowed(origin, &url)?;
@@ -170,6 +171,11 @@ pub fn get(url: &str, origin: &str, deadline: Instant) -> Result<String, GetErro
                 message: format!("HTTP {status}"),
             });
         }
+        let date = resp
+            .headers()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::audit::http_date);
         return resp
             .body_mut()
             .with_config()
@@ -182,6 +188,7 @@ pub fn get(url: &str, origin: &str, deadline: Instant) -> Result<String, GetErro
                 ureq::Error::Timeout(_) => "timed out".to_string(),
                 other => format!("reading the response failed: {other}"),
             })
+            .map(|body| (body, date))
             .map_err(GetError::from);
     }
     Err(GetError::from(format!(
@@ -206,11 +213,13 @@ fn resolve(base: &str, loc: &str) -> String {
     }
 }
 
-/// A fetched key set: the JWKS text (validated) and the URL it came from.
+/// A fetched key set: the JWKS text (validated), the URL it came from, and the `Date` the
+/// server answered with (seconds since the epoch), to compare clocks with.
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub jwks: String,
     pub url: String,
+    pub server_date: Option<i64>,
 }
 
 /// Fetch a source's JWKS within `timeout`, validating it before returning.
@@ -220,9 +229,13 @@ pub fn fetch_jwks(src: &RemoteSource, timeout: Duration) -> Result<Fetched, Stri
         RemoteSource::Jwks(u) => (u.clone(), u.as_str()),
         RemoteSource::Discovery(domain) => (discover(domain, deadline)?, domain.as_str()),
     };
-    let text = get(&url, origin, deadline).map_err(|e| e.message)?;
+    let (text, server_date) = get(&url, origin, deadline).map_err(|e| e.message)?;
     parse_jwks(&text, false).map_err(|e| format!("the JWKS at {url} cannot be used: {e}"))?;
-    Ok(Fetched { jwks: text, url })
+    Ok(Fetched {
+        jwks: text,
+        url,
+        server_date,
+    })
 }
 
 /// OpenID Connect Discovery: `jwks_uri` from `<domain>/.well-known/openid-configuration`, whose
@@ -232,7 +245,7 @@ pub fn fetch_jwks(src: &RemoteSource, timeout: Duration) -> Result<Fetched, Stri
 fn discover(domain: &str, deadline: Instant) -> Result<String, String> {
     let config_url = format!("{domain}/.well-known/openid-configuration");
     let doc = match get(&config_url, domain, deadline) {
-        Ok(d) => d,
+        Ok((d, _)) => d,
         Err(GetError {
             status: Some(404), ..
         }) => return Ok(format!("{domain}/.well-known/jwks")),
@@ -301,6 +314,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.jwks, JWKS);
+        assert_eq!(f.server_date, None);
+        // The server's clock, to compare ours with.
+        let dated = ok(JWKS).replacen(
+            "Connection",
+            "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection",
+            1,
+        );
+        let base = serve(vec![dated]);
+        let f = fetch_jwks(
+            &RemoteSource::Jwks(format!("{base}/jwks")),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(f.server_date, Some(784_111_777));
     }
 
     #[test]

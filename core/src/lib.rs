@@ -11,6 +11,7 @@
 //! ([`pipeline::verify_jws`]).
 
 pub mod alg;
+pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod error;
