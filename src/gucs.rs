@@ -63,6 +63,8 @@ pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static JWKS_MAX_STALE: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 /// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
+pub static LOG_REFUSALS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static LOG_REFUSALS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(20);
 pub static JWKS_CACHE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(16);
 
 /// Every hook below is `#[pg_guard]`: a PostgreSQL error raised in a call it makes (an
@@ -612,6 +614,28 @@ fn define_all() {
             0,
             None,
             Some(config_changed_bool),
+            None,
+        );
+        pg_sys::DefineCustomBoolVariable(
+            c"kinde_rls.log_refusals".as_ptr(),
+            c"Log each refused token (the check, issuer, kid, verified sub, role and client; never the token) and each session that trusts request.jwt.claims.".as_ptr(),
+            c"At LOG level, at most kinde_rls.log_refusals_per_second lines per second; the rest are counted (kinde_rls_stats.log_suppressed) and the next line says how many.".as_ptr(),
+            LOG_REFUSALS.as_ptr(),
+            false,
+            PGC_SUSET,
+            0,
+            None,
+            None,
+            None,
+        );
+        define_int(
+            c"kinde_rls.log_refusals_per_second",
+            c"Most refusal lines kinde_rls.log_refusals writes per second (for the server when preloaded, else per session).",
+            c"",
+            &LOG_REFUSALS_PER_SECOND,
+            (20, 1, 10_000),
+            PGC_SUSET,
+            GucFlags::empty(),
             None,
         );
         pg_sys::DefineCustomBoolVariable(

@@ -29,9 +29,11 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+use crate::audit;
 use crate::errors::guarded;
 use crate::gucs::{self, Request, CONFIG_GEN, TOKEN_GEN};
 use crate::jwks;
+use crate::stats::{self, Event};
 
 /// A verified (or, by a superuser's choice, trusted) set of claims. `sub` is extracted at
 /// verification; the full claim map is built only when a function asks for it, once.
@@ -45,10 +47,12 @@ pub struct Identity {
     pub sub: Option<String>,
     /// Last second (exclusive) at which this identity may be used: `exp + leeway`.
     pub valid_until: i64,
+    /// Its row in the statistics ([`stats::row_of`] its configured issuer).
+    pub row: u16,
 }
 
 impl Identity {
-    fn from_verified(v: kinde_rls_core::Verified, valid_until: i64) -> Self {
+    fn from_verified(v: kinde_rls_core::Verified, valid_until: i64, row: u16) -> Self {
         let sub = claims::subject(&v.registered).map(String::from);
         Identity {
             payload: v.payload,
@@ -56,10 +60,11 @@ impl Identity {
             spans: once_cell::unsync::OnceCell::new(),
             sub,
             valid_until,
+            row,
         }
     }
 
-    fn from_claims(map: Map<String, Value>, text: &str, valid_until: i64) -> Self {
+    fn from_claims(map: Map<String, Value>, text: &str, valid_until: i64, row: u16) -> Self {
         let sub = claims::subject(&map).map(String::from);
         Identity {
             payload: text.to_owned(),
@@ -67,6 +72,7 @@ impl Identity {
             spans: once_cell::unsync::OnceCell::new(),
             sub,
             valid_until,
+            row,
         }
     }
 
@@ -116,6 +122,24 @@ struct Last {
     /// identity's `exp + leeway`, or the next statement for trusted claims that were refused
     /// (a `nbf` may have been reached).
     until: i64,
+    /// Times this answer was given by the per-row fast path and not yet counted in the
+    /// statistics (added when the answer is replaced, and when a transaction ends).
+    hits: u64,
+}
+
+impl Last {
+    fn new(key: Key, identity: Option<Rc<Identity>>, until: i64) -> Self {
+        Last {
+            key,
+            identity,
+            until,
+            hits: 0,
+        }
+    }
+
+    fn row(&self) -> u16 {
+        self.identity.as_ref().map_or(0, |i| i.row)
+    }
 }
 
 /// What one backend remembers between lookups.
@@ -126,6 +150,10 @@ struct State {
     last: LastAnswer,
     /// The token generation last warned about as session-level.
     warned_token_gen: u64,
+    /// The refusal being raised was counted (and logged) where it was made.
+    refusal_counted: bool,
+    /// The audit log said this session trusts `request.jwt.claims`.
+    trust_logged: bool,
 }
 
 /// The verification settings, parsed once per change of them ([`CONFIG_GEN`]) or of the secret
@@ -151,12 +179,28 @@ impl LastAnswer {
         self.0.as_ref()
     }
 
+    /// The last answer, to be given again: counted as a fast-path hit.
+    fn hit(&mut self) -> Option<Rc<Identity>> {
+        let last = self.0.as_mut()?;
+        last.hits += 1;
+        last.identity.clone()
+    }
+
     fn set(&mut self, last: Last) {
+        self.flush();
         self.0 = Some(last);
     }
 
     fn invalidate(&mut self) {
+        self.flush();
         self.0 = None;
+    }
+
+    /// Add the fast-path hits not yet counted to the statistics.
+    fn flush(&mut self) {
+        if let Some(last) = self.0.as_mut() {
+            stats::fast_path(last.row(), std::mem::take(&mut last.hits));
+        }
     }
 }
 
@@ -476,11 +520,13 @@ impl State {
                         return Ok(None);
                     }
                 }
+                stats::count(id.row, Event::CacheHit);
                 return Ok(Some(id));
             }
         }
         let config = self.config()?;
-        let (verified, keys_until) = {
+        let started = std::time::Instant::now();
+        let outcome = {
             let config = std::panic::AssertUnwindSafe(&*config);
             guarded(move || {
                 let mut source = jwks::Source::default();
@@ -495,11 +541,32 @@ impl State {
                     )?)
                 };
                 Ok((v, source.until))
-            })?
+            })
         };
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let fetches = jwks::take_events();
+        let row = match &outcome {
+            Ok((Some(v), _)) => {
+                stats::row_of(kinde_rls_core::audit::issuer_of(&config, &v.registered).as_deref())
+            }
+            Ok((None, _)) | Err(Error::Config(_)) => 0,
+            Err(Error::Refused(r)) => {
+                let a = kinde_rls_core::audit::audit(token, Some(&config), r);
+                let row = stats::row_of(a.issuer.as_deref());
+                audit::refused(r, &a, row);
+                self.refusal_counted = true;
+                row
+            }
+        };
+        count_fetches(row, fetches);
+        if matches!(outcome, Ok((Some(_), _)) | Err(Error::Refused(_))) {
+            stats::verify_time(row, took);
+        }
+        let (verified, keys_until) = outcome?;
         let Some(verified) = verified else {
             return Ok(None);
         };
+        stats::count(row, Event::Verified);
         // A verification made with fetched keys is reused only while those keys are fresh.
         let keys_until = if keys_until.is_finite() {
             keys_until.ceil() as i64
@@ -507,10 +574,26 @@ impl State {
             i64::MAX
         };
         let valid_until = verified.exp.saturating_add(config.leeway()).min(keys_until);
-        let id = Rc::new(Identity::from_verified(verified, valid_until));
+        // Keys this verification fetched (or saw rotated) stale what was verified before it; the
+        // new answer is verified with the new keys, so it is not stale at the next lookup.
+        if self.tokens.keys_changed(jwks::keys_epoch()) {
+            self.tokens.invalidate();
+            self.last.invalidate();
+        }
+        let id = Rc::new(Identity::from_verified(verified, valid_until, row));
         let cap = usize::try_from(gucs::CACHE_SIZE.get()).unwrap_or(0);
         self.tokens.insert(token, id.clone(), cap);
         Ok(Some(id))
+    }
+}
+
+/// Key fetches made for a verification, counted under its issuer's row.
+pub fn count_fetches(row: u16, f: jwks::FetchEvents) {
+    stats::count_n(row, Event::FetchOk, f.ok);
+    stats::count_n(row, Event::FetchFailed, f.failed);
+    stats::count_n(row, Event::FetchRateLimited, f.rate_limited);
+    if let Some(skew) = f.skew_s {
+        stats::clock_skew(row, skew);
     }
 }
 
@@ -522,6 +605,16 @@ pub fn verify_configured(token: &str) -> Result<Rc<Identity>, Error> {
         s.sync();
         s.verify(token, now)
     })
+}
+
+/// Count the fast-path hits not yet counted (at the end of a transaction, and before this
+/// backend reads the statistics).
+pub fn flush_stats() {
+    STATE.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.last.flush();
+        }
+    });
 }
 
 /// The configuration, for `jwt_explain()`.
@@ -658,7 +751,16 @@ pub fn current() -> Result<Option<Rc<Identity>>, Error> {
     let result = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.sync();
-        resolve(&mut s, now)
+        s.refusal_counted = false;
+        let r = resolve(&mut s, now);
+        if let Err(Error::Refused(refusal)) = &r {
+            // Refused before any token was verified (ambiguous request headers, unreadable
+            // trusted claims): counted here, under no issuer.
+            if !s.refusal_counted {
+                audit::refused(refusal, &kinde_rls_core::audit::Audit::default(), 0);
+            }
+        }
+        r
     });
     result
 }
@@ -706,12 +808,12 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         if now < last.until {
             match last.key {
                 Key::Token(g) if g == token_gen => {
-                    let id = last.identity.clone();
+                    let id = s.last.hit();
                     warn_if_session_token(s, token_gen);
                     return Ok(id);
                 }
                 Key::Watched { token, request } if token == token_gen && request == request_gen => {
-                    return Ok(last.identity.clone());
+                    return Ok(s.last.hit());
                 }
                 _ => {}
             }
@@ -721,11 +823,14 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         warn_if_session_token(s, token_gen);
         s.last.invalidate();
         let identity = s.identify(token.trim(), now)?;
-        s.last.set(Last {
-            key: Key::Token(token_gen),
-            until: until(&identity),
-            identity: identity.clone(),
-        });
+        if identity.is_none() {
+            stats::count(0, Event::Anonymous);
+        }
+        s.last.set(Last::new(
+            Key::Token(token_gen),
+            identity.clone(),
+            until(&identity),
+        ));
         return Ok(identity);
     }
     let key = if watching {
@@ -742,7 +847,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     };
     if let Some(last) = s.last.get() {
         if last.key == key && now < last.until {
-            return Ok(last.identity.clone());
+            return Ok(s.last.hit());
         }
     }
     s.last.invalidate();
@@ -770,11 +875,10 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     } else {
         (None, i64::MAX)
     };
-    s.last.set(Last {
-        key,
-        identity: identity.clone(),
-        until,
-    });
+    if identity.is_none() {
+        stats::count(0, Event::Anonymous);
+    }
+    s.last.set(Last::new(key, identity.clone(), until));
     Ok(identity)
 }
 
@@ -803,13 +907,25 @@ fn trusted_claims(
     if claims::is_anonymous(&map, &config.anonymous_roles) {
         return Ok((None, i64::MAX));
     }
+    let issuer = kinde_rls_core::audit::issuer_of(&config, &map);
+    let row = stats::row_of(issuer.as_deref());
+    if !s.trust_logged {
+        s.trust_logged = true;
+        audit::trusting_claims();
+    }
     match kinde_rls_core::check_trusted_claims(&map, &config, now) {
         Ok(exp) => {
-            let id = Identity::from_claims(map, text, exp.saturating_add(config.leeway()));
+            stats::count(row, Event::Trusted);
+            let id = Identity::from_claims(map, text, exp.saturating_add(config.leeway()), row);
             let until = id.valid_until;
             Ok((Some(Rc::new(id)), until))
         }
         Err(r) => {
+            let a = kinde_rls_core::audit::Audit {
+                issuer,
+                ..Default::default()
+            };
+            audit::refused(&r, &a, row);
             pgrx::pg_sys::panic::ErrorReport::new(
                 pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 format!(

@@ -11,11 +11,14 @@
 use pgrx::prelude::*;
 
 mod args;
+mod audit;
+mod check;
 mod errors;
 mod gucs;
 mod identity;
 mod jsonb;
 mod jwks;
+mod stats;
 
 use args::{arg_text, obj_or_raise, token_arg, Jsonb, Text};
 use jsonb::RawJsonB;
@@ -27,6 +30,17 @@ use kinde_rls_core::{claims, explicit_keys, Error, Policy};
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     jwks::init();
+    // SAFETY: registers a callback with the signature PostgreSQL calls it with, once per load.
+    unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+}
+
+/// The per-row fast path's hits, counted at the end of each transaction.
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(
+    _event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    identity::flush_stats();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,6 +164,8 @@ fn jwt_explain(
         ))
     })
     .unwrap_or_default();
+    // Keys fetched to explain are counted under no issuer.
+    identity::count_fetches(0, jwks::take_events());
     TableIterator::new(
         rows.into_iter()
             .map(|r| (r.check.as_str().to_string(), r.ok, r.detail))
@@ -174,8 +190,10 @@ fn refresh_jwks() -> i32 {
     }
     let mut loaded = 0usize;
     let mut failures = Vec::new();
-    for (_, src) in &sources {
-        match jwks::refresh(src) {
+    for (name, src) in &sources {
+        let result = jwks::refresh(src);
+        identity::count_fetches(stats::row_of(Some(name)), jwks::take_events());
+        match result {
             Ok(n) => loaded += n,
             Err(e) => {
                 pgrx::warning!(
@@ -269,6 +287,132 @@ pgrx::extension_sql!(
 );
 
 // ---------------------------------------------------------------------------------------------
+// Operating: statistics and the health check
+
+/// What the verifier did, per configured issuer (see `stats.rs`): the `kinde_rls_stats` view.
+#[pg_extern(volatile, parallel_restricted)]
+#[allow(clippy::type_complexity)]
+fn kinde_rls_stats() -> TableIterator<
+    'static,
+    (
+        name!(issuer, Option<String>),
+        name!(verified, i64),
+        name!(cache_hits, i64),
+        name!(fast_path, i64),
+        name!(anonymous, i64),
+        name!(trusted_claims, i64),
+        name!(refused_format, i64),
+        name!(refused_algorithm, i64),
+        name!(refused_key, i64),
+        name!(refused_signature, i64),
+        name!(refused_exp, i64),
+        name!(refused_nbf, i64),
+        name!(refused_iss, i64),
+        name!(refused_aud, i64),
+        name!(refused_sub, i64),
+        name!(fetches_ok, i64),
+        name!(fetches_failed, i64),
+        name!(fetches_rate_limited, i64),
+        name!(verify_time_us, i64),
+        name!(verify_time_max_us, i64),
+        name!(last_refusal, Option<TimestampWithTimeZone>),
+        name!(log_suppressed, i64),
+        name!(clock_skew_s, Option<i64>),
+        name!(clock_skew_at, Option<TimestampWithTimeZone>),
+        name!(scope, String),
+        name!(stats_reset, Option<TimestampWithTimeZone>),
+    ),
+> {
+    use kinde_rls_core::Check;
+    use stats::Event;
+    identity::flush_stats();
+    let (rows, reset_us) = stats::snapshot();
+    let ts = |us: i64| pgrx::datetime::to_timestamp(us as f64 / 1e6);
+    let scope = if stats::shared() { "server" } else { "session" };
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.issuer.clone(),
+                    r.get(Event::Verified),
+                    r.get(Event::CacheHit),
+                    r.fast_path,
+                    r.get(Event::Anonymous),
+                    r.get(Event::Trusted),
+                    r.get(Event::Refused(Check::Format)),
+                    r.get(Event::Refused(Check::Algorithm)),
+                    r.get(Event::Refused(Check::Key)),
+                    r.get(Event::Refused(Check::Signature)),
+                    r.get(Event::Refused(Check::Exp)),
+                    r.get(Event::Refused(Check::Nbf)),
+                    r.get(Event::Refused(Check::Iss)),
+                    r.get(Event::Refused(Check::Aud)),
+                    r.get(Event::Refused(Check::Sub)),
+                    r.get(Event::FetchOk),
+                    r.get(Event::FetchFailed),
+                    r.get(Event::FetchRateLimited),
+                    r.verify_us_total,
+                    r.verify_us_max,
+                    r.last_refusal_us.map(ts),
+                    r.get(Event::LogSuppressed),
+                    r.skew_s,
+                    r.skew_at_us.map(ts),
+                    scope.to_string(),
+                    Some(ts(reset_us)),
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Zero every counter of `kinde_rls_stats` (the server's when preloaded, else this session's).
+#[pg_extern(volatile, parallel_unsafe)]
+fn kinde_rls_stats_reset() {
+    identity::flush_stats();
+    stats::reset();
+}
+
+/// What is unsafe or unhealthy about the setup: one row per finding, none when healthy.
+#[pg_extern(volatile, parallel_restricted)]
+fn kinde_rls_check() -> TableIterator<
+    'static,
+    (
+        name!(level, String),
+        name!(setting, Option<String>),
+        name!(message, String),
+        name!(hint, String),
+    ),
+> {
+    let mut rows = check::findings();
+    let rank = |l: &str| match l {
+        "error" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    rows.sort_by_key(|f| rank(f.level));
+    TableIterator::new(
+        rows.into_iter()
+            .map(|f| (f.level.to_string(), f.setting, f.message, f.hint))
+            .collect::<Vec<_>>(),
+    )
+}
+
+pgrx::extension_sql!(
+    r#"
+CREATE VIEW kinde_rls_stats AS SELECT * FROM kinde_rls_stats();
+REVOKE ALL ON FUNCTION kinde_rls_stats() FROM PUBLIC;
+REVOKE ALL ON kinde_rls_stats FROM PUBLIC;
+REVOKE ALL ON FUNCTION kinde_rls_stats_reset() FROM PUBLIC;
+REVOKE ALL ON FUNCTION kinde_rls_check() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kinde_rls_stats() TO pg_monitor;
+GRANT SELECT ON kinde_rls_stats TO pg_monitor;
+GRANT EXECUTE ON FUNCTION kinde_rls_check() TO pg_monitor;
+"#,
+    name = "operating",
+    requires = [kinde_rls_stats, kinde_rls_stats_reset, kinde_rls_check],
+);
+
+// ---------------------------------------------------------------------------------------------
 // Request identity: STABLE so that `user_id = get_user_id()` can drive an index scan.
 
 /// The verified `sub` of the current request, or NULL when there is no token.
@@ -344,14 +488,15 @@ fn current() -> Option<std::rc::Rc<identity::Identity>> {
     identity::current().unwrap_or_else(|e| errors::raise(&e))
 }
 
-/// The distinct key URLs of the current configuration, with the issuer each serves.
-fn remote_sources() -> Vec<(Option<String>, kinde_rls_core::RemoteSource)> {
+/// The distinct key URLs of the current configuration, with the provider each serves (by the
+/// name its statistics are kept under).
+fn remote_sources() -> Vec<(String, kinde_rls_core::RemoteSource)> {
     let config = identity::current_config().unwrap_or_else(|e| errors::config(&e));
-    let mut out: Vec<(Option<String>, kinde_rls_core::RemoteSource)> = Vec::new();
+    let mut out: Vec<(String, kinde_rls_core::RemoteSource)> = Vec::new();
     for p in &config.providers {
         if let Some(src) = &p.remote {
             if !out.iter().any(|(_, s)| s == src) {
-                out.push((issuer_label(p), src.clone()));
+                out.push((p.name(), src.clone()));
             }
         }
     }

@@ -129,6 +129,16 @@ pub(super) fn fetch_interruptibly(
     timeout: Duration,
     attach: bool,
 ) -> (Result<Fetched, String>, f64) {
+    let answer = fetch_or_attach(src, timeout, attach);
+    super::note_fetch(&answer.0);
+    answer
+}
+
+fn fetch_or_attach(
+    src: &RemoteSource,
+    timeout: Duration,
+    attach: bool,
+) -> (Result<Fetched, String>, f64) {
     let now = wall_clock();
     let earlier = ABANDONED.with(|a| {
         let mut a = a.borrow_mut();

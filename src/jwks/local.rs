@@ -114,18 +114,24 @@ pub(super) fn obtain(
         last_error,
     } = known(src, shared_record.as_ref());
     match decide(&t, need, now, lim) {
-        Action::Use if need == Need::UnknownKid => Ok(None),
+        Action::Use if need == Need::UnknownKid => {
+            super::note_rate_limited();
+            Ok(None)
+        }
         Action::Use => Ok(Some(Got {
             keys: local_keys(src),
             until: t.until(now, lim),
         })),
-        Action::Refuse => Err(unusable(
-            last_error.as_deref().unwrap_or("no keys yet"),
-            &t,
-            fetched_at,
-            now,
-            lim,
-        )),
+        Action::Refuse => Err({
+            super::note_rate_limited();
+            unusable(
+                last_error.as_deref().unwrap_or("no keys yet"),
+                &t,
+                fetched_at,
+                now,
+                lim,
+            )
+        }),
         Action::Fetch | Action::Wait => {
             fetch_capacity(now + lim.timeout)?;
             // The attempt counts from its start, also if it is interrupted (see

@@ -59,6 +59,55 @@ pub fn keys_epoch() -> u64 {
     }
 }
 
+/// Key fetches this backend made (or was refused by the rate limit) since they were last
+/// taken, for the statistics of the issuer they were made for ([`take_events`]).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct FetchEvents {
+    pub ok: u64,
+    pub failed: u64,
+    pub rate_limited: u64,
+    /// The server clock minus the issuer's `Date` header at the last successful fetch (s).
+    pub skew_s: Option<i64>,
+}
+
+thread_local! {
+    static EVENTS: std::cell::Cell<FetchEvents> = const {
+        std::cell::Cell::new(FetchEvents { ok: 0, failed: 0, rate_limited: 0, skew_s: None })
+    };
+}
+
+/// The fetch events since the last call, cleared.
+pub fn take_events() -> FetchEvents {
+    EVENTS.with(|e| e.take())
+}
+
+fn note(f: impl FnOnce(&mut FetchEvents)) {
+    EVENTS.with(|e| {
+        let mut v = e.get();
+        f(&mut v);
+        e.set(v);
+    });
+}
+
+/// A fetch's answer, for the statistics.
+fn note_fetch(answer: &Result<kinde_rls_core::fetch::Fetched, String>) {
+    note(|e| match answer {
+        Ok(f) => {
+            e.ok += 1;
+            if let Some(date) = f.server_date {
+                e.skew_s = Some(wall_clock().round() as i64 - date);
+            }
+        }
+        Err(_) => e.failed += 1,
+    });
+}
+
+/// A fetch that was wanted but not made: the issuer was asked too recently
+/// (`kinde_rls.jwks_min_refresh`).
+fn note_rate_limited() {
+    note(|e| e.rate_limited += 1);
+}
+
 fn limits() -> Limits {
     Limits {
         ttl: f64::from(gucs::JWKS_CACHE_TTL.get()),

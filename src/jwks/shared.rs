@@ -248,7 +248,10 @@ pub(super) fn obtain(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Opt
         };
         let (times, fetched_at) = with_own_keys(src, seen.times, seen.fetched_at);
         match decide(&times, need_now, now, lim) {
-            Action::Use if need == Need::UnknownKid && !waited => return Ok(None),
+            Action::Use if need == Need::UnknownKid && !waited => {
+                super::note_rate_limited();
+                return Ok(None);
+            }
             Action::Use => {
                 let until = times.until(now, lim);
                 let keys = if seen.times.has_keys {
@@ -259,6 +262,7 @@ pub(super) fn obtain(src: &RemoteSource, need: Need, lim: &Limits) -> Result<Opt
                 return Ok(Some(Got { keys, until }));
             }
             Action::Refuse => {
+                super::note_rate_limited();
                 let err = Some(seen.err)
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "no keys yet".into());

@@ -116,6 +116,7 @@ static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 unsafe fn request_shmem() {
     pg_sys::RequestAddinShmemSpace(layout(configured_slots()).total);
     pg_sys::RequestNamedLWLockTranche(SHMEM_NAME.as_ptr(), 1);
+    crate::stats::request_shmem();
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
@@ -156,6 +157,7 @@ unsafe extern "C-unwind" fn on_shmem_startup() {
     RECENT.store(base.add(recent_at).cast(), Ordering::Release);
     NSLOTS.store(nslots, Ordering::Release);
     NRECENT.store(nrecent, Ordering::Release);
+    crate::stats::attach_shmem();
     pg_sys::LWLockRelease(init_lock);
 }
 

@@ -42,6 +42,7 @@ class MockIssuer:
         self.extra_keys = []
         self.hang_seconds = 10.0
         self.delay = 0.0  # seconds every answer takes
+        self.date_offset = 0.0  # seconds added to the clock of the Date header it sends
         self.counts = Counter()
         self.requests = []  # (path, [(header name lowercased, value)]) per request
         self.redirects = {}  # path -> Location, answered with 302
@@ -58,6 +59,9 @@ class MockIssuer:
 
             def do_GET(self):
                 issuer._serve(self)
+
+            def date_time_string(self, timestamp=None):
+                return super().date_time_string(time.time() + issuer.date_offset)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -25,6 +25,17 @@ EXPECTED = {
     "jwks_status()": ("TABLE(issuer text, source text, keys integer, fetched_at timestamp with time zone, "
                       "expires_at timestamp with time zone, last_error text, ignored_keys text[], "
                       "warning text)", "v", "r"),
+    "kinde_rls_stats()": ("TABLE(issuer text, verified bigint, cache_hits bigint, fast_path bigint, "
+                          "anonymous bigint, trusted_claims bigint, refused_format bigint, "
+                          "refused_algorithm bigint, refused_key bigint, refused_signature bigint, "
+                          "refused_exp bigint, refused_nbf bigint, refused_iss bigint, refused_aud bigint, "
+                          "refused_sub bigint, fetches_ok bigint, fetches_failed bigint, "
+                          "fetches_rate_limited bigint, verify_time_us bigint, verify_time_max_us bigint, "
+                          "last_refusal timestamp with time zone, log_suppressed bigint, clock_skew_s bigint, "
+                          "clock_skew_at timestamp with time zone, scope text, "
+                          "stats_reset timestamp with time zone)", "v", "r"),
+    "kinde_rls_stats_reset()": ("void", "v", "u"),
+    "kinde_rls_check()": ("TABLE(level text, setting text, message text, hint text)", "v", "r"),
 }
 
 

@@ -1,0 +1,198 @@
+//! `kinde_rls_check()`: what is unsafe or unhealthy about this server's setup, one finding per
+//! row. Nothing on a healthy setup. Read-only: it never fetches keys or changes a setting.
+
+use kinde_rls_core::keycache::wall_clock;
+use pgrx::prelude::*;
+
+use crate::{gucs, identity, jwks, stats};
+
+/// Clock difference from an issuer's `Date` header above which the check warns (seconds).
+pub const MAX_SKEW_S: i64 = 30;
+/// Leeway above which the check warns (seconds).
+pub const MAX_LEEWAY_S: i32 = 300;
+
+pub struct Finding {
+    pub level: &'static str,
+    pub setting: Option<String>,
+    pub message: String,
+    pub hint: String,
+}
+
+fn finding(level: &'static str, setting: &str, message: String, hint: &str) -> Finding {
+    Finding {
+        level,
+        setting: (!setting.is_empty()).then(|| setting.to_string()),
+        message,
+        hint: hint.to_string(),
+    }
+}
+
+/// Where a setting's current value comes from (`pg_settings.source`).
+fn source_of(name: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT source FROM pg_settings WHERE name = $1",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// Sources that apply to every database and role of the server.
+fn server_wide(source: &str) -> bool {
+    matches!(
+        source,
+        "configuration file" | "command line" | "environment variable" | "global" | "override"
+    )
+}
+
+pub fn findings() -> Vec<Finding> {
+    let mut out = Vec::new();
+    let preloaded = gucs::PRELOADED.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A secret other roles can read. The secret set where a session without the library could
+    // read it (postgresql.conf without preloading) is refused by the configuration itself and
+    // reported below as its error; but a value stored with ALTER DATABASE/ROLE by a session that
+    // had not loaded the library is in the catalog for every role to read, used or not.
+    let per_db_role = Spi::get_one::<i64>(
+        "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'kinde\\_rls.secret=%'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if per_db_role > 0 {
+        out.push(finding(
+            "error",
+            "kinde_rls.secret",
+            format!("kinde_rls.secret is stored with ALTER DATABASE or ALTER ROLE ({per_db_role} of them): every role can read it in pg_db_role_setting and pg_roles"),
+            "Remove it there (ALTER DATABASE ... RESET kinde_rls.secret, ALTER ROLE ... RESET kinde_rls.secret), rotate the secret, and set it in postgresql.conf with the library preloaded, or in kinde_rls.secret_file.",
+        ));
+    }
+    // Trust that reaches further than one role.
+    if gucs::TRUST_REQUEST_CLAIMS.get() {
+        if let Some(src) = source_of("kinde_rls.trust_request_claims") {
+            if server_wide(&src) || src == "database" {
+                out.push(finding(
+                    "warning",
+                    "kinde_rls.trust_request_claims",
+                    format!("kinde_rls.trust_request_claims is on for every role (set in the {src}): any role that can set request.jwt.claims can claim to be any user"),
+                    "Turn it off there and on only for the role of the service that verified the token: ALTER ROLE <service role> SET kinde_rls.trust_request_claims = on.",
+                ));
+            }
+        }
+    }
+
+    let leeway = gucs::LEEWAY.get();
+    if leeway > MAX_LEEWAY_S {
+        out.push(finding(
+            "warning",
+            "kinde_rls.leeway",
+            format!("kinde_rls.leeway is {leeway} s: expired tokens are accepted for that long, and not-yet-valid ones that early"),
+            "Keep it at a few seconds to a minute (default 30); fix the clock instead.",
+        ));
+    }
+
+    // The providers.
+    match identity::current_config() {
+        Err(e) => out.push(Finding {
+            level: "error",
+            setting: Some(e.setting.clone()),
+            message: e.message.clone(),
+            hint: e.hint.clone(),
+        }),
+        Ok(config) => {
+            for p in &config.providers {
+                if let Some(w) = p.audience_warning() {
+                    out.push(finding(
+                        "warning",
+                        "kinde_rls.audience",
+                        w,
+                        "Set kinde_rls.audience to the audience your API's tokens carry (Kinde: the API's audience), or the provider's audience in kinde_rls.providers.",
+                    ));
+                }
+                if p.policy.issuers.is_empty() {
+                    out.push(finding(
+                        "warning",
+                        "kinde_rls.issuer",
+                        "no issuer is configured: tokens signed by these keys are accepted whatever their iss says".into(),
+                        "Set kinde_rls.issuer (or kinde_rls.domain) to the issuer's URL, exactly as tokens carry it.",
+                    ));
+                }
+                if let Some(src) = &p.remote {
+                    keys_findings(&mut out, src, preloaded);
+                }
+            }
+        }
+    }
+
+    // The issuers' clocks.
+    let (rows, _) = stats::snapshot();
+    for r in rows {
+        if let (Some(skew), Some(issuer)) = (r.skew_s, r.issuer.as_deref()) {
+            if skew.abs() > MAX_SKEW_S {
+                out.push(finding(
+                    "warning",
+                    "",
+                    format!(
+                        "this server's clock is {} s {} the clock of {} (its Date header at the last key fetch): exp and nbf are judged that far off",
+                        skew.abs(),
+                        if skew > 0 { "ahead of" } else { "behind" },
+                        kinde_rls_core::error::quote(issuer)
+                    ),
+                    "Synchronise the server's clock (NTP).",
+                ));
+            }
+        }
+    }
+
+    if !preloaded {
+        out.push(finding(
+            "notice",
+            "shared_preload_libraries",
+            "kinde_rls is not in shared_preload_libraries: statistics, fetched keys and the audit log's rate limit are kept per session".into(),
+            "Add kinde_rls to shared_preload_libraries and restart.",
+        ));
+    }
+    out
+}
+
+fn keys_findings(out: &mut Vec<Finding>, src: &kinde_rls_core::RemoteSource, preloaded: bool) {
+    let st = jwks::status(src);
+    let setting = match src {
+        kinde_rls_core::RemoteSource::Discovery(_) => "kinde_rls.domain",
+        kinde_rls_core::RemoteSource::Jwks(_) => "kinde_rls.jwks_url",
+    };
+    let whose = if preloaded { "" } else { " by this session" };
+    let label = src.label();
+    let now = wall_clock();
+    let expired = st.expires_at.filter(|e| *e < now);
+    let (level, message, hint) = match (&st.last_error, st.fetched_at, expired) {
+        (Some(err), _, Some(exp)) => (
+            "warning",
+            format!(
+                "the keys of {label} are stale: they expired {:.0} s ago and the last fetch failed: {err}",
+                now - exp
+            ),
+            "Check that the URL is right and reachable from the database server; kinde_rls.jwks_max_stale bounds how long stale keys are used.",
+        ),
+        (Some(err), _, None) => (
+            "warning",
+            format!("the last fetch of the keys of {label} failed: {err}"),
+            "Check that the URL is right and reachable from the database server; SELECT refresh_jwks() tries again now.",
+        ),
+        (None, None, _) => (
+            "warning",
+            format!("the keys of {label} were never fetched{whose}"),
+            "SELECT refresh_jwks() fetches them now; otherwise the first token waits for the fetch.",
+        ),
+        (None, Some(_), Some(exp)) => (
+            "notice",
+            format!(
+                "the keys of {label} expired {:.0} s ago; they are fetched again when the next token needs them",
+                now - exp
+            ),
+            "Nothing to do; SELECT refresh_jwks() fetches them now.",
+        ),
+        (None, Some(_), None) => return,
+    };
+    out.push(finding(level, setting, message, hint));
+}

@@ -1,0 +1,488 @@
+"""Operating kinde_rls: the statistics (kinde_rls_stats), the audit log (kinde_rls.log_refusals)
+and the health check (kinde_rls_check()).
+
+A cluster of its own (preloaded, also listening on 127.0.0.1), so that counters, log lines and
+findings come only from these tests. The app connects as the non-superuser `app_user`, over
+TCP, passing tokens as bind parameters the way drivers do.
+"""
+
+import os
+import re
+import time
+
+import psycopg
+import pytest
+
+from helpers import one, refused, wait_for_setting
+from issuer import MockIssuer
+from kinde import Signer, hs256_resign, kinde_access_claims
+from pg import Cluster, write_server_file
+
+AUD = "api://todos"
+COLUMNS = [
+    "issuer", "verified", "cache_hits", "fast_path", "anonymous", "trusted_claims",
+    "refused_format", "refused_algorithm", "refused_key", "refused_signature", "refused_exp",
+    "refused_nbf", "refused_iss", "refused_aud", "refused_sub", "fetches_ok", "fetches_failed",
+    "fetches_rate_limited", "verify_time_us", "verify_time_max_us", "last_refusal",
+    "log_suppressed", "clock_skew_s", "clock_skew_at", "scope", "stats_reset",
+]
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    i = MockIssuer()
+    yield i
+    i.stop()
+
+
+@pytest.fixture(scope="module")
+def ops(issuer):
+    c = Cluster("ops", preload=True, conf={"listen_addresses": "'127.0.0.1'"})
+    try:
+        with c.connect() as su:
+            su.execute("CREATE DATABASE ops")
+        with c.connect(dbname="ops") as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute("CREATE ROLE app_user LOGIN")
+            su.execute("CREATE ROLE watcher LOGIN IN ROLE pg_monitor")
+            su.execute(f"ALTER DATABASE ops SET kinde_rls.jwks_url = '{issuer.jwks_url}'")
+            su.execute(f"ALTER DATABASE ops SET kinde_rls.issuer = '{issuer.iss}'")
+            su.execute(f"ALTER DATABASE ops SET kinde_rls.audience = '{AUD}'")
+        wait_for_setting(c, "kinde_rls.audience", AUD, dbname="ops")
+        yield c
+    finally:
+        c.stop()
+
+
+def tcp(cluster, user="app_user", dbname="ops"):
+    """A connection over TCP to 127.0.0.1, as an app server makes one."""
+    return psycopg.connect(f"host=127.0.0.1 port={cluster.port} user={user} dbname={dbname}",
+                           autocommit=True)
+
+
+def stats(cluster):
+    """The view, read by a monitoring role: {issuer: {column: value}}."""
+    with cluster.connect(user="watcher", dbname="ops") as w:
+        cur = w.execute("SELECT * FROM kinde_rls_stats")
+        assert [d.name for d in cur.description] == COLUMNS
+        return {r[0]: dict(zip(COLUMNS, r)) for r in cur.fetchall()}
+
+
+def reset(cluster):
+    with cluster.connect(dbname="ops") as su:
+        su.execute("SELECT kinde_rls_stats_reset()")
+
+
+def as_user(conn, token, sql="SELECT get_user_id() FROM generate_series(1, 10)"):
+    """One transaction with `token` as the request's token (bound, never in the SQL text)."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('kinde_rls.token', %s, true)", (token,))
+        return conn.execute(sql).fetchall()
+
+
+def findings(cluster, dbname="ops", user="watcher", setup=()):
+    with cluster.connect(user=user, dbname=dbname) as c:
+        for s in setup:
+            c.execute(s)
+        return [tuple(r) for r in c.execute("SELECT level, setting, message, hint FROM kinde_rls_check()")]
+
+
+def token(issuer, sub, **extra):
+    extra.setdefault("aud", [AUD])
+    return issuer.token(sub, **extra)
+
+
+def forged(tok):
+    """The same header and signature over a payload naming someone else."""
+    import base64
+    import json
+    h, p, s = tok.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(p + "=="))
+    claims["sub"] = "kp_victim"
+    p2 = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{h}.{p2}.{s}"
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+def test_counters_move_exactly_for_a_scripted_mix(ops, issuer):
+    reset(ops)
+    goods = [token(issuer, f"kp_good{i}") for i in range(3)]
+    expired = [token(issuer, f"kp_old{i}", exp=int(time.time()) - 3600) for i in range(2)]
+    forgeries = [forged(goods[0]), forged(goods[1])]
+    with tcp(ops) as app:
+        for i, t in enumerate(goods):
+            assert as_user(app, t) == [(f"kp_good{i}",)] * 10
+        # The same token again, in a new transaction: from the token cache.
+        assert as_user(app, goods[0]) == [("kp_good0",)] * 10
+        for t in expired:
+            with pytest.raises(psycopg.Error) as e:
+                as_user(app, t)
+            assert e.value.sqlstate == "28000" and "exp check failed" in str(e.value)
+        for t in forgeries:
+            with pytest.raises(psycopg.Error) as e:
+                as_user(app, t)
+            assert e.value.sqlstate == "28000" and "signature check failed" in str(e.value)
+        # A Supabase anon key: anonymous, not refused.
+        anon = hs256_resign({"role": "anon", "iss": "supabase", "exp": int(time.time()) + 60})
+        assert as_user(app, anon, "SELECT get_user_id()") == [(None,)]
+    # Two requests without a token, each on a new connection.
+    for _ in range(2):
+        with tcp(ops) as app:
+            assert app.execute("SELECT get_user_id() FROM generate_series(1, 5)").fetchall() == [(None,)] * 5
+
+    s = stats(ops)
+    assert set(s) == {None, issuer.iss}, s.keys()
+    row = s[issuer.iss]
+    expect = dict.fromkeys(COLUMNS[1:18], 0)
+    expect.update(verified=3, cache_hits=1, fast_path=4 * 9, refused_exp=2, refused_signature=2,
+                  fetches_ok=1)
+    assert {k: row[k] for k in expect} == expect
+    assert 0 < row["verify_time_max_us"] <= row["verify_time_us"]
+    assert row["last_refusal"] is not None and row["scope"] == "server"
+    assert row["log_suppressed"] == 0
+    nobody = s[None]
+    expect = dict.fromkeys(COLUMNS[1:18], 0)
+    # The anon key and the two requests without a token; the 4 further rows of each of the
+    # two token-less requests took the fast path.
+    expect.update(anonymous=3, fast_path=2 * 4)
+    assert {k: nobody[k] for k in expect} == expect
+    assert nobody["last_refusal"] is None
+
+
+def test_refusals_before_an_issuer_is_known_count_under_no_issuer(ops, issuer):
+    reset(ops)
+    stranger = MockIssuer()
+    try:
+        with tcp(ops) as app:
+            refused(app, "SELECT verify_jwt(%s)", ("not.a.token",), check="format")
+            refused(app, "SELECT verify_jwt(%s)", (stranger.token("kp_x", aud=[AUD]),), check="iss")
+            refused(app, "SELECT verify_jwt(%s)", (token(issuer, "kp_y", aud=["other"]),), check="aud")
+            # An unknown kid: the set is fetched again at most once per kinde_rls.jwks_min_refresh.
+            t = issuer.sign(issuer.claims("kp_z", aud=[AUD]), signer=Signer("rsa"))
+            refused(app, "SELECT verify_jwt(%s)", (t,), check="key")
+    finally:
+        stranger.stop()
+    s = stats(ops)
+    assert s[None]["refused_format"] == 1
+    assert s[None]["refused_iss"] == 1
+    assert s[issuer.iss]["refused_aud"] == 1
+    assert s[issuer.iss]["refused_key"] == 1
+    # The fetch for the unknown kid was made, or refused by the rate limit: counted either way.
+    assert s[issuer.iss]["fetches_ok"] + s[issuer.iss]["fetches_rate_limited"] >= 1
+
+
+def test_a_thousand_made_up_issuers_do_not_grow_the_table(ops):
+    reset(ops)
+    forger = Signer("rsa")
+    with tcp(ops) as app:
+        for i in range(300):
+            t = forger.sign(kinde_access_claims("kp", iss=f"https://evil{i}.example"), "RS256")
+            refused(app, "SELECT verify_jwt(%s)", (t,), check="iss")
+    s = stats(ops)
+    assert len(s) <= 2
+    assert s[None]["refused_iss"] == 300
+
+
+def test_who_may_read_and_reset(ops):
+    with tcp(ops) as app:
+        for sql in ("SELECT * FROM kinde_rls_stats", "SELECT * FROM kinde_rls_stats()",
+                    "SELECT kinde_rls_stats_reset()", "SELECT * FROM kinde_rls_check()"):
+            with pytest.raises(psycopg.Error) as e:
+                app.execute(sql)
+            assert e.value.sqlstate == "42501", sql
+        for sql in ("SET kinde_rls.log_refusals = on", "SET kinde_rls.log_refusals_per_second = 10000"):
+            with pytest.raises(psycopg.Error) as e:
+                app.execute(sql)
+            assert e.value.sqlstate == "42501", sql
+    with ops.connect(user="watcher", dbname="ops") as w:
+        assert one(w, "SELECT count(*) > 0 FROM kinde_rls_stats") is True
+        w.execute("SELECT * FROM kinde_rls_check()")
+        with pytest.raises(psycopg.Error) as e:
+            w.execute("SELECT kinde_rls_stats_reset()")
+        assert e.value.sqlstate == "42501"
+
+
+def test_reset_zeroes_the_counters_and_says_when(ops, issuer):
+    with tcp(ops) as app:
+        as_user(app, token(issuer, "kp_r"))
+    before = stats(ops)[issuer.iss]
+    assert before["verified"] >= 1
+    reset(ops)
+    after = stats(ops)[issuer.iss]
+    assert all(after[k] == 0 for k in COLUMNS[1:18] + ["verify_time_us", "verify_time_max_us", "log_suppressed"])
+    assert after["last_refusal"] is None
+    assert after["stats_reset"] > before["stats_reset"]
+
+
+def test_counting_survives_a_parallel_query(ops, issuer):
+    """Hits counted in a parallel worker arrive with its transaction's end, not lost."""
+    reset(ops)
+    t = token(issuer, "kp_par")
+    with ops.connect(dbname="ops") as su:
+        su.execute("CREATE TABLE IF NOT EXISTS big AS SELECT g FROM generate_series(1, 200000) g")
+        su.execute("GRANT SELECT ON big TO app_user")
+    with tcp(ops) as app:
+        app.execute("SET parallel_setup_cost = 0")
+        app.execute("SET parallel_tuple_cost = 0")
+        app.execute("SET min_parallel_table_scan_size = 0")
+        # Compared with a column, so that it is evaluated per row (not once, as a constant).
+        rows = as_user(app, t, "SELECT count(*) FROM big WHERE g::text <> get_user_id()")
+        assert rows == [(200000,)]
+    row = stats(ops)[issuer.iss]
+    assert row["verified"] >= 1
+    assert row["verified"] + row["cache_hits"] + row["fast_path"] >= 200000
+
+
+# -- audit log ------------------------------------------------------------------------------------
+
+
+def test_refusals_are_logged_without_the_token(ops, issuer):
+    with ops.connect(dbname="ops") as su:
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
+    try:
+        start = ops.log_size()
+        old = token(issuer, "kp_expired_user", exp=int(time.time()) - 600)
+        forgery = forged(token(issuer, "kp_real"))
+        nl = issuer.sign(issuer.claims("kp_x", aud=[AUD]), headers={"kid": "k\nLOG:  forged line"})
+        good = token(issuer, "kp_fine")
+        used = [old, forgery, nl, good]
+        with tcp(ops) as app:
+            with pytest.raises(psycopg.Error):
+                as_user(app, old)
+            with pytest.raises(psycopg.Error):
+                as_user(app, forgery)
+            with pytest.raises(psycopg.Error):
+                app.execute("SELECT verify_jwt(%s)", (nl,))
+            assert as_user(app, good, "SELECT get_user_id()") == [("kp_fine",)]
+        time.sleep(0.3)
+        log = ops.log_since(start)
+        lines = [l for l in log.splitlines() if "kinde_rls: JWT refused" in l]
+        assert len(lines) == 3, log
+        details = [l for l in log.splitlines() if l.startswith(tuple(["DETAIL:", "\tDETAIL:"])) or "DETAIL:" in l]
+        exp_detail = next(d for d in details if "kp_expired_user" in d)
+        assert f'issuer="{issuer.iss}"' in exp_detail
+        assert 'sub="kp_expired_user"' in exp_detail
+        assert 'role="app_user"' in exp_detail and "client=127.0.0.1" in exp_detail
+        sig_line = log[log.index("signature check failed"):]
+        sig_detail = sig_line.splitlines()[1]
+        assert "DETAIL:" in sig_detail and f'issuer="{issuer.iss}"' in sig_detail
+        # The signature did not verify: the sub it names is nobody's word, and is not logged.
+        assert "kp_victim" not in log and "sub=" not in sig_detail
+        # A kid with a newline cannot start a log line of its own.
+        assert 'kid="k\\nLOG:  forged line"' in log
+        assert not any(l.startswith("LOG:  forged line") or "\nLOG:  forged line" in l for l in log.splitlines())
+        assert "forged line\n" not in log.replace('forged line"', "")
+        for t in used:
+            assert t not in log
+            assert t.split(".")[2] not in log, "a signature reached the log"
+            assert t.split(".")[1] not in log, "a payload reached the log"
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
+
+
+def test_the_log_is_off_by_default(ops, issuer):
+    start = ops.log_size()
+    with tcp(ops) as app:
+        refused(app, "SELECT verify_jwt(%s)", ("a.b.c",), check="format")
+    time.sleep(0.3)
+    assert "kinde_rls: JWT refused" not in ops.log_since(start)
+
+
+def test_a_flood_is_rate_limited_and_the_rest_counted(ops):
+    with ops.connect(dbname="ops") as su:
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals_per_second = 5")
+    try:
+        reset(ops)
+        start = ops.log_size()
+        n = 300
+        with tcp(ops) as app:
+            t0 = time.time()
+            for i in range(n):
+                refused(app, "SELECT verify_jwt(%s)", (f"flood{i}.x.y",), check="format")
+            elapsed = time.time() - t0
+            # The next second's first refusal says how many were not logged.
+            time.sleep(1.1)
+            refused(app, "SELECT verify_jwt(%s)", ("last.x.y",), check="format")
+        time.sleep(0.3)
+        log = ops.log_since(start)
+        logged = log.count("kinde_rls: JWT refused")
+        suppressed = stats(ops)[None]["log_suppressed"]
+        assert logged + suppressed == n + 1
+        assert suppressed > 0
+        assert logged <= 5 * (int(elapsed) + 3)
+        said = sum(int(m) for m in re.findall(r"\((\d+) earlier refusals were not logged", log))
+        assert said == suppressed
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals_per_second")
+
+
+def test_trusting_request_claims_is_logged_once_per_session(ops, issuer):
+    with ops.connect(dbname="ops") as su:
+        su.execute("DO $$ BEGIN CREATE ROLE realtime LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        su.execute("ALTER ROLE realtime SET kinde_rls.trust_request_claims = on")
+        su.execute("ALTER ROLE realtime SET kinde_rls.log_refusals = on")
+    reset(ops)
+    start = ops.log_size()
+    claims = issuer.claims("kp_rt", aud=[AUD])
+    import json
+    with tcp(ops, user="realtime") as rt:
+        for _ in range(3):
+            with rt.transaction():
+                rt.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+                assert one(rt, "SELECT get_user_id()") == "kp_rt"
+        # Expired trusted claims read as anonymous, and are a refusal in the log.
+        stale = dict(claims, exp=int(time.time()) - 3600)
+        with rt.transaction():
+            rt.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(stale),))
+            assert one(rt, "SELECT get_user_id()") is None
+    time.sleep(0.3)
+    log = ops.log_since(start)
+    assert log.count("trusting request.jwt.claims without a signature") == 1
+    assert log.count("kinde_rls: JWT refused: exp check failed") == 1
+    row = stats(ops)[issuer.iss]
+    assert row["trusted_claims"] == 3 and row["refused_exp"] == 1
+
+
+# -- health check ---------------------------------------------------------------------------------
+
+
+def test_a_healthy_setup_has_no_findings(ops, issuer):
+    with tcp(ops) as app:
+        as_user(app, token(issuer, "kp_h"))
+    assert findings(ops) == []
+
+
+def settings_of(rows):
+    return [(level, setting) for level, setting, _, _ in rows]
+
+
+def test_each_misconfiguration_is_found(ops, issuer):
+    def with_db(*sets):
+        return findings(ops, user="postgres", setup=sets)
+
+    assert settings_of(with_db("SET kinde_rls.audience = ''")) == [("warning", "kinde_rls.audience")]
+    rows = with_db("SET kinde_rls.issuer = ''")
+    assert settings_of(rows) == [("warning", "kinde_rls.issuer")]
+    assert "whatever their iss says" in rows[0][2]
+    rows = with_db("SET kinde_rls.leeway = 600")
+    assert settings_of(rows) == [("warning", "kinde_rls.leeway")] and "600 s" in rows[0][2]
+    rows = with_db("SET kinde_rls.jwks_url = 'http://127.0.0.1:9/never'")
+    assert settings_of(rows) == [("warning", "kinde_rls.jwks_url")]
+    assert "never fetched" in rows[0][2]
+    # A failing fetch.
+    with ops.connect(dbname="ops") as su:
+        su.execute("SET kinde_rls.jwks_url = 'http://127.0.0.1:9/down'")
+        with pytest.raises(psycopg.Error):
+            su.execute("SELECT refresh_jwks()")
+        rows = [tuple(r) for r in su.execute("SELECT * FROM kinde_rls_check()")]
+    assert settings_of(rows) == [("warning", "kinde_rls.jwks_url")]
+    assert "failed" in rows[0][2]
+
+
+def test_trust_for_everyone_is_found_and_for_one_role_is_not(ops):
+    with ops.connect(dbname="ops") as su:
+        su.execute("ALTER DATABASE ops SET kinde_rls.trust_request_claims = on")
+    try:
+        rows = findings(ops)
+        assert settings_of(rows) == [("warning", "kinde_rls.trust_request_claims")]
+        assert "database" in rows[0][2]
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER DATABASE ops RESET kinde_rls.trust_request_claims")
+    # Per role (how the README sets it for Realtime): no finding, even as that role.
+    with ops.connect(dbname="ops") as su:
+        su.execute("DO $$ BEGIN CREATE ROLE realtime LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        su.execute("ALTER ROLE realtime SET kinde_rls.trust_request_claims = on")
+        su.execute("GRANT pg_monitor TO realtime")
+    assert findings(ops, user="realtime") == []
+
+
+def test_a_secret_file_others_can_read_is_found(ops):
+    path = os.path.join(ops.dir, "loose_secret")
+    write_server_file(path, "k" * 48 + "\n", 0o644)
+    rows = findings(ops, user="postgres", setup=[f"SET kinde_rls.secret_file = '{path}'"])
+    # The configuration refuses it, and the check says so with the configuration's words.
+    assert settings_of(rows) == [("error", "kinde_rls.secret_file")]
+    assert "readable" in rows[0][2]
+    os.chmod(path, 0o600)
+    assert findings(ops, user="postgres", setup=[f"SET kinde_rls.secret_file = '{path}'"]) == []
+
+
+def test_a_clock_far_from_the_issuers_is_found(ops, issuer):
+    with ops.connect(dbname="ops") as su:
+        issuer.date_offset = -600
+        try:
+            assert one(su, "SELECT refresh_jwks()") >= 1
+        finally:
+            issuer.date_offset = 0
+    rows = findings(ops)
+    assert settings_of(rows) == [("warning", None)]
+    assert "ahead of" in rows[0][2] and issuer.iss in rows[0][2]
+    skew = stats(ops)[issuer.iss]["clock_skew_s"]
+    assert 598 <= skew <= 602
+    with ops.connect(dbname="ops") as su:
+        su.execute("SELECT refresh_jwks()")
+    assert findings(ops) == []
+
+
+def test_without_preloading_secrets_other_roles_can_read_are_found():
+    secret = "s3cr3t-" + "x" * 41
+    c = Cluster("ops-nopreload", preload=False,
+                conf={"kinde_rls.secret": "'" + "z" * 48 + "'", "kinde_rls.issuer": "'https://acme.kinde.com'",
+                      "kinde_rls.audience": "'api'"})
+    try:
+        with c.connect() as su:
+            su.execute("CREATE ROLE nobody LOGIN")
+            su.execute("CREATE ROLE watcher LOGIN IN ROLE pg_monitor")
+            # A session that has not loaded the library stores the value unchecked.
+            su.execute(f"ALTER ROLE watcher SET kinde_rls.secret = '{secret}'")
+        with c.connect(user="nobody") as nobody:
+            # Both findings are true: a role with no privilege reads both secrets.
+            assert one(nobody, "SELECT current_setting('kinde_rls.secret')") == "z" * 48
+            rows = nobody.execute("SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting").fetchall()
+            assert any(secret in (r[0] or "") for r in rows)
+        with c.connect() as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            su.execute("GRANT pg_monitor TO nobody")
+        with c.connect(user="nobody") as mon:
+            rows = [tuple(r) for r in mon.execute("SELECT * FROM kinde_rls_check()")]
+            assert settings_of(rows) == [("error", "kinde_rls.secret"), ("error", "kinde_rls.secret"),
+                                         ("notice", "shared_preload_libraries")]
+            text = " ".join(map(str, rows))
+            assert "pg_db_role_setting" in text and "shared_preload_libraries" in text
+            assert secret not in text and "z" * 48 not in text
+            assert one(mon, "SELECT DISTINCT scope FROM kinde_rls_stats") == "session"
+    finally:
+        c.stop()
+
+
+def test_the_readmes_alert_queries_run_as_a_monitoring_role(ops, issuer):
+    """The "Two example alerts" of the README, run as written, fire when they should."""
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    readme = open(os.path.join(root, "README.md")).read()
+    part = readme[readme.index("### Two example alerts"):readme.index("## Security model")]
+    queries = re.findall(r"```sql\n(.*?)```", part, re.S)
+    assert len(queries) == 2
+    reset(ops)
+    with tcp(ops) as app:
+        as_user(app, token(issuer, "kp_a"))
+        for _ in range(3):
+            with pytest.raises(psycopg.Error):
+                as_user(app, forged(token(issuer, "kp_b")))
+    with ops.connect(user="watcher", dbname="ops") as w:
+        assert w.execute(queries[0]).fetchall() == [(issuer.iss, 3, 0.75)]
+        assert w.execute(queries[1]).fetchall() == []
+    with ops.connect(dbname="ops") as su:
+        su.execute("ALTER ROLE watcher IN DATABASE ops SET kinde_rls.jwks_url = 'http://127.0.0.1:9/never'")
+    try:
+        with ops.connect(user="watcher", dbname="ops") as w:
+            assert [r[1] for r in w.execute(queries[1]).fetchall()] == ["kinde_rls.jwks_url"]
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER ROLE watcher IN DATABASE ops RESET kinde_rls.jwks_url")
