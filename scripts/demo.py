@@ -4,7 +4,8 @@ Two Kinde users, Peter and Mia, each see only their own todos; a tampered token 
 its reason; an anonymous request sees nothing; a spoofed request.jwt.claims changes nothing.
 Tokens are RS256, signed (PyJWT) by a stand-in Kinde issuer on 127.0.0.1 that serves OpenID
 discovery and a JWKS; the database is told only the issuer's domain, fetches the keys itself,
-and picks up a key rotation without a restart."""
+and picks up a key rotation without a restart. Then the operator's view: what the verifier did
+(kinde_rls_stats), the audit log, and the health check on a misconfigured and a healthy setup."""
 
 import base64
 import json
@@ -72,9 +73,11 @@ def main():
             say("2. A superuser tells the database its Kinde domain: that is the whole configuration")
             show_sql(f"ALTER SYSTEM SET kinde_rls.domain = '{kinde.base}';")
             show_sql("ALTER SYSTEM SET kinde_rls.jwks_min_refresh = 2;   -- demo only: 30 s by default")
+            show_sql("ALTER SYSTEM SET kinde_rls.log_refusals = on;      -- the audit log")
             show_sql("SELECT pg_reload_conf();")
             su.execute(f"ALTER SYSTEM SET kinde_rls.domain = '{kinde.base}'")
             su.execute("ALTER SYSTEM SET kinde_rls.jwks_min_refresh = 2")
+            su.execute("ALTER SYSTEM SET kinde_rls.log_refusals = on")
             su.execute("SELECT pg_reload_conf()")
             print("  the domain is the accepted issuer; keys come from its discovery document's jwks_uri")
 
@@ -145,6 +148,45 @@ def main():
                 sys.exit(1)
             except psycopg.Error as e:
                 print(f"  Peter's old token, signed with the retired key: {GREEN}refused{OFF}: {e.diag.message_primary}")
+        with c.connect(dbname="app") as su:
+            say("12. What the verifier did, per issuer: the kinde_rls_stats view (pg_monitor may read it)")
+            show_sql("SELECT issuer, verified, cache_hits, fast_path, anonymous, refused_signature, refused_key, fetches_ok FROM kinde_rls_stats;")
+            rows = su.execute("SELECT coalesce(issuer, '(none)'), verified, cache_hits, fast_path, anonymous, "
+                              "refused_signature, refused_key, fetches_ok FROM kinde_rls_stats ORDER BY 1").fetchall()
+            table(rows, ["issuer", "verified", "cache", "fast_path", "anon", "bad_sig", "bad_key", "fetches"])
+            print("  and in the server log (kinde_rls.log_refusals = on), each refusal without the token:")
+            for line in c.server_log().splitlines():
+                if "kinde_rls: JWT refused" in line or ("DETAIL:" in line and "role=" in line):
+                    print(f"  {DIM}{line.split('  ', 1)[-1][:150]}{OFF}")
+
+            say("13. Is the setup safe? kinde_rls_check(), as it is now (no audience, a generous leeway)")
+            su.execute("ALTER SYSTEM SET kinde_rls.leeway = 600")
+            su.execute("SELECT pg_reload_conf()")
+            show_sql("ALTER SYSTEM SET kinde_rls.leeway = 600;  SELECT pg_reload_conf();")
+            show_sql("SELECT level, setting, message FROM kinde_rls_check();")
+            time.sleep(0.5)
+            with c.connect(dbname="app") as fresh:
+                rows = fresh.execute("SELECT level, setting, message FROM kinde_rls_check()").fetchall()
+            for level, setting, message in rows:
+                print(f"  {RED if level == 'error' else ''}{level}{OFF} {setting}: {message[:110]}…")
+            if not rows:
+                print(f"  {RED}no findings — the check missed both mistakes{OFF}")
+                sys.exit(1)
+            say("    Fixed: the API's audience is required, the leeway back to its default")
+            show_sql("ALTER SYSTEM SET kinde_rls.audience = 'api://todos';  ALTER SYSTEM RESET kinde_rls.leeway;")
+            su.execute("ALTER SYSTEM SET kinde_rls.audience = 'api://todos'")
+            su.execute("ALTER SYSTEM RESET kinde_rls.leeway")
+            su.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)
+            with c.connect(dbname="app") as fresh:
+                rows = fresh.execute("SELECT level, setting, message FROM kinde_rls_check()").fetchall()
+                uid = fresh.execute("SELECT verify_jwt(%s)->>'sub'",
+                                    (kinde.token("kp_mia", aud=["api://todos"]),)).fetchone()[0]
+            if rows:
+                for r in rows:
+                    print(f"  {RED}{r}{OFF}")
+                sys.exit(1)
+            print(f"  {GREEN}no findings{OFF}; a token for api://todos verifies: sub = {uid!r}")
         say("The end: the cluster and the issuer are stopped, the cluster removed.")
     finally:
         c.stop()
