@@ -53,18 +53,19 @@ pub fn findings() -> Vec<Finding> {
     // read it (postgresql.conf without preloading) is refused by the configuration itself and
     // reported below as its error; but a value stored with ALTER DATABASE/ROLE by a session that
     // had not loaded the library is in the catalog for every role to read, used or not.
-    let per_db_role = Spi::get_one::<i64>(
-        "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'kinde\\_rls.secret=%'",
+    let stored = Spi::get_one::<i64>(
+        "SELECT (SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'kinde\\_rls.secret=%')
+              + (SELECT count(*) FROM pg_proc p, unnest(p.proconfig) c WHERE c LIKE 'kinde\\_rls.secret=%')",
     )
     .ok()
     .flatten()
     .unwrap_or(0);
-    if per_db_role > 0 {
+    if stored > 0 {
         out.push(finding(
             "error",
             "kinde_rls.secret",
-            format!("kinde_rls.secret is stored with ALTER DATABASE or ALTER ROLE ({per_db_role} of them): every role can read it in pg_db_role_setting and pg_roles"),
-            "Remove it there (ALTER DATABASE ... RESET kinde_rls.secret, ALTER ROLE ... RESET kinde_rls.secret), rotate the secret, and set it in postgresql.conf with the library preloaded, or in kinde_rls.secret_file.",
+            format!("kinde_rls.secret is stored with ALTER DATABASE, ALTER ROLE or a function's SET clause ({stored} of them): every role can read it in pg_db_role_setting, pg_roles or pg_proc"),
+            "Remove it there (ALTER DATABASE ... RESET kinde_rls.secret, ALTER ROLE ... RESET kinde_rls.secret, ALTER FUNCTION ... RESET kinde_rls.secret), rotate the secret, and set it in postgresql.conf with the library preloaded, or in kinde_rls.secret_file.",
         ));
     }
     // Trust that reaches further than one role.

@@ -442,6 +442,7 @@ def test_without_preloading_secrets_other_roles_can_read_are_found():
             su.execute("CREATE ROLE watcher LOGIN IN ROLE pg_monitor")
             # A session that has not loaded the library stores the value unchecked.
             su.execute(f"ALTER ROLE watcher SET kinde_rls.secret = '{secret}'")
+            su.execute(f"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET kinde_rls.secret = '{secret}' AS 'SELECT 1'")
         with c.connect(user="nobody") as nobody:
             # Both findings are true: a role with no privilege reads both secrets.
             assert one(nobody, "SELECT current_setting('kinde_rls.secret')") == "z" * 48
@@ -455,7 +456,7 @@ def test_without_preloading_secrets_other_roles_can_read_are_found():
             assert settings_of(rows) == [("error", "kinde_rls.secret"), ("error", "kinde_rls.secret"),
                                          ("notice", "shared_preload_libraries")]
             text = " ".join(map(str, rows))
-            assert "pg_db_role_setting" in text and "shared_preload_libraries" in text
+            assert "pg_db_role_setting" in text and "(2 of them)" in text and "shared_preload_libraries" in text
             assert secret not in text and "z" * 48 not in text
             assert one(mon, "SELECT DISTINCT scope FROM kinde_rls_stats") == "session"
     finally:
