@@ -26,7 +26,8 @@ use crate::stats::{self, Event};
 /// Count a refusal under `row` and, when asked to, log it.
 pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
     stats::count(row, Event::Refused(r.check));
-    if !gucs::LOG_REFUSALS.get() {
+    // A parallel worker refuses its leader's request: the leader logs it, with the client.
+    if !gucs::LOG_REFUSALS.get() || stats::in_parallel_worker() {
         return;
     }
     let limit = u32::try_from(gucs::LOG_REFUSALS_PER_SECOND.get()).unwrap_or(1);
@@ -52,7 +53,7 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
 
 /// The once-per-session line of a session that takes `request.jwt.claims` as verified.
 pub fn trusting_claims() {
-    if !gucs::LOG_REFUSALS.get() {
+    if !gucs::LOG_REFUSALS.get() || stats::in_parallel_worker() {
         return;
     }
     log(
@@ -106,23 +107,46 @@ unsafe extern "C-unwind" {
 }
 
 /// One LOG line, without the statement or its context (either may hold a token).
+///
+/// `errfinish()` ends with `CHECK_FOR_INTERRUPTS()`: a cancel or `statement_timeout` pending
+/// there would jump (`longjmp`) over the Rust frames that called us, which hold borrows. So
+/// interrupts are held while the line is written (they are served at the next check, as an
+/// ordinary error), and the calls go through pgrx's boundary, which turns any error raised
+/// inside into an unwinding panic.
 fn log(message: &str, detail: &str) {
     let msg = CString::new(message.replace('\0', "")).unwrap_or_default();
     let det = CString::new(detail.replace('\0', "")).unwrap_or_default();
-    // SAFETY: LOG does not jump out of errfinish; every string outlives the call, and "%s" is
-    // given one C string.
+    // SAFETY: LOG does not end the statement; every string outlives the call, and "%s" is given
+    // one C string. InterruptHoldoffCount is this backend's (HOLD_INTERRUPTS/RESUME_INTERRUPTS),
+    // restored on every path: pg_guard_ffi_boundary returns or panics, and the guard below
+    // decrements on both (unless an ERROR already reset it).
     unsafe {
-        if errstart(pg_sys::LOG as c_int, c"kinde_rls".as_ptr()) {
-            errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION as c_int);
-            errmsg_internal(c"%s".as_ptr(), msg.as_ptr());
-            errdetail_internal(c"%s".as_ptr(), det.as_ptr());
-            errhidestmt(true);
-            errhidecontext(true);
-            errfinish(
-                c"audit.rs".as_ptr(),
-                line!() as c_int,
-                c"kinde_rls_audit".as_ptr(),
-            );
+        struct Held;
+        impl Drop for Held {
+            fn drop(&mut self) {
+                // SAFETY: undoes the increment below, in this backend. An ERROR raised inside
+                // has already reset the count to 0 (errfinish does before it jumps): then there
+                // is nothing to undo.
+                unsafe {
+                    pg_sys::InterruptHoldoffCount = pg_sys::InterruptHoldoffCount.saturating_sub(1);
+                }
+            }
         }
+        pg_sys::InterruptHoldoffCount += 1;
+        let _held = Held;
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            if errstart(pg_sys::LOG as c_int, c"kinde_rls".as_ptr()) {
+                errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION as c_int);
+                errmsg_internal(c"%s".as_ptr(), msg.as_ptr());
+                errdetail_internal(c"%s".as_ptr(), det.as_ptr());
+                errhidestmt(true);
+                errhidecontext(true);
+                errfinish(
+                    c"audit.rs".as_ptr(),
+                    line!() as c_int,
+                    c"kinde_rls_audit".as_ptr(),
+                );
+            }
+        });
     }
 }

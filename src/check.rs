@@ -27,14 +27,47 @@ fn finding(level: &'static str, setting: &str, message: String, hint: &str) -> F
     }
 }
 
+/// Every query here names its catalogs, functions and operators with `pg_catalog.`: the check
+/// runs with the caller's `search_path`, which whoever owns a schema on it could use to answer
+/// in the catalogs' place (and, when a superuser runs the check, to run code as one).
+///
 /// Where a setting's current value comes from (`pg_settings.source`).
 fn source_of(name: &str) -> Option<String> {
     Spi::get_one_with_args::<String>(
-        "SELECT source FROM pg_settings WHERE name = $1",
+        "SELECT s.source FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) $1",
         &[name.into()],
     )
     .ok()
     .flatten()
+}
+
+/// A setting's values stored in the catalogs — `ALTER DATABASE/ROLE … SET` and functions'
+/// `SET` clauses — wherever they apply: `(database oid, role oid, value)`, the oids 0 for "all",
+/// and `(0, 0, value)` for a function. Setting names are matched case-insensitively, as
+/// PostgreSQL matches them.
+fn stored(name: &str) -> Vec<(i64, i64, String)> {
+    const QUERY: &str = "
+        SELECT s.setdatabase::pg_catalog.int8, s.setrole::pg_catalog.int8, c
+          FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c
+         WHERE pg_catalog.lower(c) OPERATOR(pg_catalog.^@) $1
+        UNION ALL
+        SELECT 0, 0, c
+          FROM pg_catalog.pg_proc p, pg_catalog.unnest(p.proconfig) c
+         WHERE pg_catalog.lower(c) OPERATOR(pg_catalog.^@) $1";
+    let prefix = format!("{name}=");
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        if let Ok(rows) = client.select(QUERY, None, &[prefix.as_str().into()]) {
+            for row in rows {
+                let db = row.get::<i64>(1).ok().flatten().unwrap_or(0);
+                let role = row.get::<i64>(2).ok().flatten().unwrap_or(0);
+                let text = row.get::<String>(3).ok().flatten().unwrap_or_default();
+                let value = text.split_once('=').map_or("", |(_, v)| v).to_string();
+                out.push((db, role, value));
+            }
+        }
+        out
+    })
 }
 
 /// Sources that apply to every database and role of the server.
@@ -53,33 +86,42 @@ pub fn findings() -> Vec<Finding> {
     // read it (postgresql.conf without preloading) is refused by the configuration itself and
     // reported below as its error; but a value stored with ALTER DATABASE/ROLE by a session that
     // had not loaded the library is in the catalog for every role to read, used or not.
-    let stored = Spi::get_one::<i64>(
-        "SELECT (SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE c LIKE 'kinde\\_rls.secret=%')
-              + (SELECT count(*) FROM pg_proc p, unnest(p.proconfig) c WHERE c LIKE 'kinde\\_rls.secret=%')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(0);
-    if stored > 0 {
+    let secrets_stored = stored("kinde_rls.secret").len();
+    if secrets_stored > 0 {
         out.push(finding(
             "error",
             "kinde_rls.secret",
-            format!("kinde_rls.secret is stored with ALTER DATABASE, ALTER ROLE or a function's SET clause ({stored} of them): every role can read it in pg_db_role_setting, pg_roles or pg_proc"),
+            format!("kinde_rls.secret is stored with ALTER DATABASE, ALTER ROLE or a function's SET clause ({secrets_stored} of them): every role can read it in pg_db_role_setting, pg_roles or pg_proc"),
             "Remove it there (ALTER DATABASE ... RESET kinde_rls.secret, ALTER ROLE ... RESET kinde_rls.secret, ALTER FUNCTION ... RESET kinde_rls.secret), rotate the secret, and set it in postgresql.conf with the library preloaded, or in kinde_rls.secret_file.",
         ));
     }
-    // Trust that reaches further than one role.
+    // Trust that reaches further than one role: in this session from a server-wide source, or
+    // stored for every role of a database (which a per-role value may hide from a check run as
+    // that role).
+    let mut everyone: Vec<String> = Vec::new();
     if gucs::TRUST_REQUEST_CLAIMS.get() {
         if let Some(src) = source_of("kinde_rls.trust_request_claims") {
-            if server_wide(&src) || src == "database" {
-                out.push(finding(
-                    "warning",
-                    "kinde_rls.trust_request_claims",
-                    format!("kinde_rls.trust_request_claims is on for every role (set in the {src}): any role that can set request.jwt.claims can claim to be any user"),
-                    "Turn it off there and on only for the role of the service that verified the token: ALTER ROLE <service role> SET kinde_rls.trust_request_claims = on.",
-                ));
+            if server_wide(&src) {
+                everyone.push(format!("the {src}"));
             }
         }
+    }
+    let wide_dbs = stored("kinde_rls.trust_request_claims")
+        .into_iter()
+        .filter(|(_, role, v)| *role == 0 && kinde_rls_core::config::truthy(v))
+        .count();
+    if wide_dbs > 0 {
+        everyone.push(format!(
+            "ALTER DATABASE ... SET or ALTER ROLE ALL SET ({wide_dbs} of them)"
+        ));
+    }
+    if !everyone.is_empty() {
+        out.push(finding(
+            "warning",
+            "kinde_rls.trust_request_claims",
+            format!("kinde_rls.trust_request_claims is on for every role (set in {}): any role that can set request.jwt.claims can claim to be any user", everyone.join(" and ")),
+            "Turn it off there and on only for the role of the service that verified the token: ALTER ROLE <service role> SET kinde_rls.trust_request_claims = on.",
+        ));
     }
 
     let leeway = gucs::LEEWAY.get();
@@ -180,8 +222,10 @@ fn keys_findings(out: &mut Vec<Finding>, src: &kinde_rls_core::RemoteSource, pre
             format!("the last fetch of the keys of {label} failed: {err}"),
             "Check that the URL is right and reachable from the database server; SELECT refresh_jwks() tries again now.",
         ),
+        // Not a fault: right after a start, or in a session that has verified nothing, with
+        // keys per session (not preloaded); the first token fetches them.
         (None, None, _) => (
-            "warning",
+            "notice",
             format!("the keys of {label} were never fetched{whose}"),
             "SELECT refresh_jwks() fetches them now; otherwise the first token waits for the fetch.",
         ),

@@ -207,7 +207,24 @@ fn row(i: u16) -> &'static Row {
     &t.rows[usize::from(i).min(MAX_ROWS - 1)]
 }
 
+/// A parallel worker answers rows of its leader's request: the request is the leader's to count
+/// (and to log), so a worker counts its own lookups as fast-path answers and nothing else, except
+/// the key fetches it really made.
+pub fn in_parallel_worker() -> bool {
+    // SAFETY: a plain read of a backend global.
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
 pub fn count(r: u16, e: Event) {
+    if in_parallel_worker() {
+        if matches!(
+            e,
+            Event::Verified | Event::CacheHit | Event::Anonymous | Event::Trusted
+        ) {
+            row(r).fast_path.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     row(r).counts[e.index()].fetch_add(1, Ordering::Relaxed);
     if let Event::Refused(_) = e {
         row(r)
@@ -216,6 +233,7 @@ pub fn count(r: u16, e: Event) {
     }
 }
 
+/// `n` key fetches (counted in parallel workers too: they are real requests to the issuer).
 pub fn count_n(r: u16, e: Event, n: u64) {
     if n > 0 {
         row(r).counts[e.index()].fetch_add(n, Ordering::Relaxed);
@@ -231,6 +249,9 @@ pub fn fast_path(r: u16, n: u64) {
 
 /// Time spent on one verification (or refusal), in µs.
 pub fn verify_time(r: u16, us: u64) {
+    if in_parallel_worker() {
+        return;
+    }
     let r = row(r);
     r.verify_us_total.fetch_add(us, Ordering::Relaxed);
     r.verify_us_max.fetch_max(us, Ordering::Relaxed);

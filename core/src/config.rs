@@ -54,6 +54,14 @@ impl Provider {
     }
 }
 
+/// PostgreSQL's reading of a boolean setting (`parse_bool`): true, yes, on, 1 and their
+/// unambiguous prefixes, in any case (for values read back from the catalogs).
+pub fn truthy(v: &str) -> bool {
+    let v = v.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str| !v.is_empty() && word.starts_with(v.as_str());
+    prefix_of("true") || prefix_of("yes") || v == "on" || v == "1"
+}
+
 /// The settings as text, the way the extension reads them.
 #[derive(Debug, Clone, Default)]
 pub struct Settings<'a> {
@@ -565,6 +573,18 @@ mod tests {
             validate_setting("kinde_rls.secret_file", "/etc/kinde"),
             Ok(())
         );
+    }
+
+    #[test]
+    fn booleans_read_as_postgresql_reads_them() {
+        for t in ["on", "ON", "true", "t", "tr", "yes", "y", "1", " On "] {
+            assert!(truthy(t), "{t}");
+        }
+        for f in [
+            "off", "of", "o", "false", "f", "no", "n", "0", "", "2", "truex", "yess",
+        ] {
+            assert!(!truthy(f), "{f}");
+        }
     }
 
     #[test]

@@ -168,14 +168,28 @@ impl fmt::Display for Error {
 }
 
 /// Quote a claim value for a message: JSON-escaped and cut to a length that keeps an attacker
-/// from filling logs (a 200 KB `kid` becomes 64 characters and an ellipsis).
+/// from filling logs (a 200 KB `kid` becomes 64 characters and an ellipsis). Beyond JSON's own
+/// escapes (C0 controls, `"`, `\\`), characters that a reader or a log tool may take as a line
+/// break or that reorder what a human reads are escaped too: DEL and the C1 controls (NEL),
+/// U+2028/U+2029, and the bidirectional controls.
 pub fn quote(s: &str) -> String {
     const MAX: usize = 64;
     let mut cut: String = s.chars().take(MAX).collect();
     if cut.len() < s.len() {
         cut.push('…');
     }
-    serde_json::Value::String(cut).to_string()
+    let json = serde_json::Value::String(cut).to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+        {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -216,6 +230,12 @@ mod tests {
     #[test]
     fn quote_truncates_and_escapes() {
         assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        // Line breaks and reordering for Unicode-aware readers are escaped too.
+        assert_eq!(
+            quote("a\u{2028}LOG:  x\u{85}y\u{202e}z\u{7f}"),
+            "\"a\\u2028LOG:  x\\u0085y\\u202ez\\u007f\""
+        );
+        assert_eq!(quote("héllo ✓"), "\"héllo ✓\"");
         let long = "x".repeat(200_000);
         let q = quote(&long);
         assert_eq!(q.chars().count(), 64 + 3);

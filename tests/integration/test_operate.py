@@ -216,23 +216,64 @@ def test_reset_zeroes_the_counters_and_says_when(ops, issuer):
     assert after["stats_reset"] > before["stats_reset"]
 
 
-def test_counting_survives_a_parallel_query(ops, issuer):
-    """Hits counted in a parallel worker arrive with its transaction's end, not lost."""
-    reset(ops)
-    t = token(issuer, "kp_par")
+def test_a_parallel_query_is_one_request(ops, issuer):
+    """Workers answer rows of the leader's request: every row is counted once, the request is
+    verified (or refused, and logged) once, by the leader."""
     with ops.connect(dbname="ops") as su:
         su.execute("CREATE TABLE IF NOT EXISTS big AS SELECT g FROM generate_series(1, 200000) g")
         su.execute("GRANT SELECT ON big TO app_user")
-    with tcp(ops) as app:
-        app.execute("SET parallel_setup_cost = 0")
-        app.execute("SET parallel_tuple_cost = 0")
-        app.execute("SET min_parallel_table_scan_size = 0")
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
+    try:
+        reset(ops)
+        start = ops.log_size()
+        t = token(issuer, "kp_par")
         # Compared with a column, so that it is evaluated per row (not once, as a constant).
-        rows = as_user(app, t, "SELECT count(*) FROM big WHERE g::text <> get_user_id()")
-        assert rows == [(200000,)]
-    row = stats(ops)[issuer.iss]
-    assert row["verified"] >= 1
-    assert row["verified"] + row["cache_hits"] + row["fast_path"] >= 200000
+        query = "SELECT count(*) FROM big WHERE g::text <> get_user_id()"
+        with tcp(ops) as app:
+            for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+                app.execute(f"SET {setting} = 0")
+            plan = "\n".join(r[0] for r in app.execute("EXPLAIN " + query))
+            assert "Gather" in plan and "Workers Planned" in plan, plan
+            assert as_user(app, t, query) == [(200000,)]
+            with pytest.raises(psycopg.Error) as e:
+                as_user(app, forged(t), query)
+            assert e.value.sqlstate == "28000"
+        row = stats(ops)[issuer.iss]
+        assert row["verified"] == 1 and row["cache_hits"] == 0
+        # One call per row, and one more when the planner estimates the condition's selectivity.
+        assert 200000 <= row["verified"] + row["fast_path"] <= 200001
+        assert row["refused_signature"] == 1
+        time.sleep(0.3)
+        log = ops.log_since(start)
+        assert log.count("kinde_rls: JWT refused: signature check failed") == 1
+        assert "client=local" not in log
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
+
+
+def test_a_cancel_while_a_refusal_is_logged_is_an_ordinary_cancel(ops):
+    """statement_timeout firing while an audit line is written: 57014, and the session works."""
+    with ops.connect(dbname="ops") as su:
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
+        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals_per_second = 10000")
+    try:
+        with ops.no_crash(dbname="ops"):
+            for _ in range(10):
+                with tcp(ops) as app:
+                    app.execute("SET statement_timeout = '150ms'")
+                    with pytest.raises(psycopg.Error) as e:
+                        app.execute("""DO $$ BEGIN LOOP BEGIN PERFORM verify_jwt('x.y.z');
+                                       EXCEPTION WHEN invalid_authorization_specification THEN NULL;
+                                       END; END LOOP; END $$""")
+                    assert e.value.sqlstate == "57014", str(e.value)
+                    app.execute("SET statement_timeout = 0")
+                    refused(app, "SELECT verify_jwt(%s)", ("a.b.c",), check="format")
+                    assert one(app, "SELECT get_user_id()") is None
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
+            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals_per_second")
 
 
 # -- audit log ------------------------------------------------------------------------------------
@@ -242,12 +283,16 @@ def test_refusals_are_logged_without_the_token(ops, issuer):
     with ops.connect(dbname="ops") as su:
         su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
     try:
+        # The rate limit counts per second: start in a second of our own.
+        time.sleep(1.1)
         start = ops.log_size()
         old = token(issuer, "kp_expired_user", exp=int(time.time()) - 600)
         forgery = forged(token(issuer, "kp_real"))
         nl = issuer.sign(issuer.claims("kp_x", aud=[AUD]), headers={"kid": "k\nLOG:  forged line"})
+        # Line breaks for Unicode-aware readers, and a bidirectional override.
+        u = Signer("rsa").sign(kinde_access_claims("kp_u", iss="https://evil\u2028LOG:  u\u0085v\u202ew"), "RS256")
         good = token(issuer, "kp_fine")
-        used = [old, forgery, nl, good]
+        used = [old, forgery, nl, good, u]
         with tcp(ops) as app:
             with pytest.raises(psycopg.Error):
                 as_user(app, old)
@@ -255,11 +300,15 @@ def test_refusals_are_logged_without_the_token(ops, issuer):
                 as_user(app, forgery)
             with pytest.raises(psycopg.Error):
                 app.execute("SELECT verify_jwt(%s)", (nl,))
+            with pytest.raises(psycopg.Error):
+                app.execute("SELECT verify_jwt(%s)", (u,))
             assert as_user(app, good, "SELECT get_user_id()") == [("kp_fine",)]
         time.sleep(0.3)
         log = ops.log_since(start)
         lines = [l for l in log.splitlines() if "kinde_rls: JWT refused" in l]
-        assert len(lines) == 3, log
+        assert len(lines) == 4, log
+        assert 'claimed issuer="https://evil\\u2028LOG:  u\\u0085v\\u202ew"' in log
+        assert "\u2028" not in log and "\u0085" not in log and "\u202e" not in log
         details = [l for l in log.splitlines() if l.startswith(tuple(["DETAIL:", "\tDETAIL:"])) or "DETAIL:" in l]
         exp_detail = next(d for d in details if "kp_expired_user" in d)
         assert f'issuer="{issuer.iss}"' in exp_detail
@@ -372,8 +421,9 @@ def test_each_misconfiguration_is_found(ops, issuer):
     assert "whatever their iss says" in rows[0][2]
     rows = with_db("SET kinde_rls.leeway = 600")
     assert settings_of(rows) == [("warning", "kinde_rls.leeway")] and "600 s" in rows[0][2]
+    # Never fetched is no fault (the first token fetches them): a notice, which alerts ignore.
     rows = with_db("SET kinde_rls.jwks_url = 'http://127.0.0.1:9/never'")
-    assert settings_of(rows) == [("warning", "kinde_rls.jwks_url")]
+    assert settings_of(rows) == [("notice", "kinde_rls.jwks_url")]
     assert "never fetched" in rows[0][2]
     # A failing fetch.
     with ops.connect(dbname="ops") as su:
@@ -391,7 +441,7 @@ def test_trust_for_everyone_is_found_and_for_one_role_is_not(ops):
     try:
         rows = findings(ops)
         assert settings_of(rows) == [("warning", "kinde_rls.trust_request_claims")]
-        assert "database" in rows[0][2]
+        assert "ALTER DATABASE" in rows[0][2]
     finally:
         with ops.connect(dbname="ops") as su:
             su.execute("ALTER DATABASE ops RESET kinde_rls.trust_request_claims")
@@ -443,6 +493,9 @@ def test_without_preloading_secrets_other_roles_can_read_are_found():
             # A session that has not loaded the library stores the value unchecked.
             su.execute(f"ALTER ROLE watcher SET kinde_rls.secret = '{secret}'")
             su.execute(f"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET kinde_rls.secret = '{secret}' AS 'SELECT 1'")
+            # PostgreSQL matches setting names in any case, and so must the check.
+            su.execute("CREATE ROLE other")
+            su.execute(f"ALTER ROLE other SET \"KINDE_RLS.SECRET\" = '{secret}'")
         with c.connect(user="nobody") as nobody:
             # Both findings are true: a role with no privilege reads both secrets.
             assert one(nobody, "SELECT current_setting('kinde_rls.secret')") == "z" * 48
@@ -456,7 +509,7 @@ def test_without_preloading_secrets_other_roles_can_read_are_found():
             assert settings_of(rows) == [("error", "kinde_rls.secret"), ("error", "kinde_rls.secret"),
                                          ("notice", "shared_preload_libraries")]
             text = " ".join(map(str, rows))
-            assert "pg_db_role_setting" in text and "(2 of them)" in text and "shared_preload_libraries" in text
+            assert "pg_db_role_setting" in text and "(3 of them)" in text and "shared_preload_libraries" in text
             assert secret not in text and "z" * 48 not in text
             assert one(mon, "SELECT DISTINCT scope FROM kinde_rls_stats") == "session"
     finally:
@@ -483,7 +536,58 @@ def test_the_readmes_alert_queries_run_as_a_monitoring_role(ops, issuer):
         su.execute("ALTER ROLE watcher IN DATABASE ops SET kinde_rls.jwks_url = 'http://127.0.0.1:9/never'")
     try:
         with ops.connect(user="watcher", dbname="ops") as w:
+            # Never fetched is a notice: no alert.
+            assert w.execute(queries[1]).fetchall() == []
+            # A failed fetch is a warning.
+            refused(w, "SELECT verify_jwt(%s)", (token(issuer, "kp_c"),), check="key")
             assert [r[1] for r in w.execute(queries[1]).fetchall()] == ["kinde_rls.jwks_url"]
     finally:
         with ops.connect(dbname="ops") as su:
             su.execute("ALTER ROLE watcher IN DATABASE ops RESET kinde_rls.jwks_url")
+
+
+def test_the_check_is_not_answered_by_objects_on_the_search_path(ops):
+    """A database owner's schema first on the search_path must neither run code as the
+    superuser who runs the check nor hide a finding."""
+    with ops.connect(dbname="ops") as su:
+        su.execute("DO $$ BEGIN CREATE ROLE dbowner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        su.execute("GRANT CREATE ON DATABASE ops TO dbowner")
+    with ops.connect(user="dbowner", dbname="ops") as owner:
+        owner.execute("CREATE SCHEMA evil")
+        owner.execute("CREATE TABLE evil.marks (who text)")
+        owner.execute("GRANT ALL ON evil.marks TO PUBLIC")
+        owner.execute("""CREATE FUNCTION evil.f() RETURNS TABLE(setdatabase oid, setrole oid, setconfig text[])
+                         LANGUAGE plpgsql AS $$ BEGIN INSERT INTO evil.marks VALUES (current_user); RETURN; END $$""")
+        owner.execute("CREATE VIEW evil.pg_db_role_setting AS SELECT * FROM evil.f()")
+        owner.execute("CREATE VIEW evil.pg_settings AS SELECT name, 'user'::text AS source FROM pg_catalog.pg_settings")
+        owner.execute("CREATE FUNCTION evil.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$")
+        owner.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
+        owner.execute("GRANT SELECT ON ALL TABLES IN SCHEMA evil TO PUBLIC")
+    try:
+        with ops.connect(dbname="ops") as su:
+            su.execute("SET search_path = evil, pg_catalog, public")
+            su.execute("SET kinde_rls.trust_request_claims = on")
+            su.execute("ALTER DATABASE ops SET kinde_rls.trust_request_claims = on")
+            rows = [tuple(r) for r in su.execute("SELECT * FROM public.kinde_rls_check()")]
+            assert ("warning", "kinde_rls.trust_request_claims") in settings_of(rows)
+            assert one(su, "SELECT count(*) FROM evil.marks") == 0
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER DATABASE ops RESET kinde_rls.trust_request_claims")
+            su.execute("DROP SCHEMA evil CASCADE")
+
+
+def test_trust_for_a_whole_database_is_found_from_a_role_that_also_has_it(ops):
+    with ops.connect(dbname="ops") as su:
+        su.execute("DO $$ BEGIN CREATE ROLE realtime LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        su.execute("ALTER ROLE realtime SET kinde_rls.trust_request_claims = on")
+        su.execute("GRANT pg_monitor TO realtime")
+        su.execute("ALTER DATABASE ops SET kinde_rls.trust_request_claims = 'TRUE'")
+    try:
+        rows = findings(ops, user="realtime")
+        assert settings_of(rows) == [("warning", "kinde_rls.trust_request_claims")]
+        assert "ALTER DATABASE" in rows[0][2]
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER DATABASE ops RESET kinde_rls.trust_request_claims")
+    assert findings(ops, user="realtime") == []
