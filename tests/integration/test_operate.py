@@ -73,8 +73,13 @@ def reset(cluster):
         su.execute("SELECT kinde_rls_stats_reset()")
 
 
+# Every token these tests hand to the server, for the last test's look at the whole log.
+USED: list[str] = []
+
+
 def as_user(conn, token, sql="SELECT get_user_id() FROM generate_series(1, 10)"):
     """One transaction with `token` as the request's token (bound, never in the SQL text)."""
+    USED.append(token)
     with conn.transaction():
         conn.execute("SELECT set_config('kinde_rls.token', %s, true)", (token,))
         return conn.execute(sql).fetchall()
@@ -89,7 +94,9 @@ def findings(cluster, dbname="ops", user="watcher", setup=()):
 
 def token(issuer, sub, **extra):
     extra.setdefault("aud", [AUD])
-    return issuer.token(sub, **extra)
+    t = issuer.token(sub, **extra)
+    USED.append(t)
+    return t
 
 
 def forged(tok):
@@ -100,6 +107,7 @@ def forged(tok):
     claims = json.loads(base64.urlsafe_b64decode(p + "=="))
     claims["sub"] = "kp_victim"
     p2 = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    USED.append(f"{h}.{p2}.{s}")
     return f"{h}.{p2}.{s}"
 
 
@@ -591,3 +599,17 @@ def test_trust_for_a_whole_database_is_found_from_a_role_that_also_has_it(ops):
         with ops.connect(dbname="ops") as su:
             su.execute("ALTER DATABASE ops RESET kinde_rls.trust_request_claims")
     assert findings(ops, user="realtime") == []
+
+
+def test_no_token_reached_the_server_log(ops):
+    """Last: the whole server log of this module's cluster, refusals logged and not, against
+    every token the tests above used — no token, payload or signature."""
+    log = ops.server_log()
+    assert "kinde_rls: JWT refused" in log
+    assert len(USED) > 40
+    for t in set(USED):
+        _, payload, signature = t.split(".")
+        assert t not in log
+        assert payload not in log
+        if signature:
+            assert signature not in log
