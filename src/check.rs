@@ -32,13 +32,21 @@ fn finding(level: &'static str, setting: &str, message: String, hint: &str) -> F
 /// in the catalogs' place (and, when a superuser runs the check, to run code as one).
 ///
 /// Where a setting's current value comes from (`pg_settings.source`).
+///
+/// Read with `Spi::connect` and `select`, never `Spi::get_one`, which runs its query as an
+/// update and so takes a transaction id: an error on a hot standby, and an id burnt per poll.
 fn source_of(name: &str) -> Option<String> {
-    Spi::get_one_with_args::<String>(
-        "SELECT s.source FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) $1",
-        &[name.into()],
-    )
-    .ok()
-    .flatten()
+    const QUERY: &str =
+        "SELECT s.source FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) $1";
+    Spi::connect(|client| {
+        client
+            .select(QUERY, Some(1), &[name.into()])
+            .ok()?
+            .first()
+            .get::<String>(1)
+            .ok()
+            .flatten()
+    })
 }
 
 /// A setting's values stored in the catalogs — `ALTER DATABASE/ROLE … SET` and functions'

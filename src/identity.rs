@@ -154,6 +154,35 @@ struct State {
     refusal_counted: bool,
     /// The audit log said this session trusts `request.jwt.claims`.
     trust_logged: bool,
+    /// Token-cache answers not yet counted in the statistics, per row: `verify_jwt(token)` per
+    /// row of a query answers from the cache each time, and one shared counter written per row
+    /// by every backend would be a contended cache line. Added at the end of the transaction.
+    cache_hits: CacheHits,
+}
+
+/// Token-cache answers per statistics row, not yet counted.
+struct CacheHits([u64; stats::MAX_ROWS]);
+
+impl Default for CacheHits {
+    fn default() -> Self {
+        CacheHits([0; stats::MAX_ROWS])
+    }
+}
+
+impl CacheHits {
+    fn add(&mut self, row: u16) {
+        if let Some(n) = self.0.get_mut(usize::from(row)) {
+            *n += 1;
+        }
+    }
+
+    fn flush(&mut self) {
+        for (row, n) in self.0.iter_mut().enumerate() {
+            if *n > 0 {
+                stats::count_many(row as u16, Event::CacheHit, std::mem::take(n));
+            }
+        }
+    }
 }
 
 /// The verification settings, parsed once per change of them ([`CONFIG_GEN`]) or of the secret
@@ -520,7 +549,7 @@ impl State {
                         return Ok(None);
                     }
                 }
-                stats::count(id.row, Event::CacheHit);
+                self.cache_hits.add(id.row);
                 return Ok(Some(id));
             }
         }
@@ -613,6 +642,7 @@ pub fn flush_stats() {
     STATE.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             s.last.flush();
+            s.cache_hits.flush();
         }
     });
 }

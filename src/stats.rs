@@ -216,16 +216,21 @@ pub fn in_parallel_worker() -> bool {
 }
 
 pub fn count(r: u16, e: Event) {
+    count_many(r, e, 1);
+}
+
+/// `n` events at once.
+pub fn count_many(r: u16, e: Event, n: u64) {
     if in_parallel_worker() {
         if matches!(
             e,
             Event::Verified | Event::CacheHit | Event::Anonymous | Event::Trusted
         ) {
-            row(r).fast_path.fetch_add(1, Ordering::Relaxed);
+            row(r).fast_path.fetch_add(n, Ordering::Relaxed);
         }
         return;
     }
-    row(r).counts[e.index()].fetch_add(1, Ordering::Relaxed);
+    row(r).counts[e.index()].fetch_add(n, Ordering::Relaxed);
     if let Event::Refused(_) = e {
         row(r)
             .last_refusal_us

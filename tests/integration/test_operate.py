@@ -601,6 +601,34 @@ def test_trust_for_a_whole_database_is_found_from_a_role_that_also_has_it(ops):
     assert findings(ops, user="realtime") == []
 
 
+def test_the_check_reads_only_and_works_on_a_hot_standby(ops, issuer):
+    with ops.connect(user="watcher", dbname="ops") as w:
+        with w.transaction():
+            w.execute("SET TRANSACTION READ ONLY")
+            w.execute("SELECT * FROM kinde_rls_check()")
+            w.execute("SELECT * FROM kinde_rls_stats")
+            assert one(w, "SELECT txid_current_if_assigned()") is None
+    standby = Cluster.standby_of(ops)
+    try:
+        with standby.connect(user="watcher", dbname="ops") as w:
+            assert one(w, "SELECT pg_is_in_recovery()") is True
+            rows = [tuple(r) for r in w.execute("SELECT level, setting FROM kinde_rls_check()")]
+            # The standby has fetched nothing yet: a notice, nothing worse.
+            assert rows == [("notice", "kinde_rls.jwks_url")]
+            assert one(w, "SELECT DISTINCT scope FROM kinde_rls_stats") == "server"
+    finally:
+        standby.stop()
+
+
+def test_verify_jwt_per_row_counts_each_call_from_the_token_cache(ops, issuer):
+    reset(ops)
+    t = token(issuer, "kp_rows")
+    with tcp(ops) as app:
+        assert one(app, "SELECT count(verify_jwt(%s)) FROM generate_series(1, 100)", (t,)) == 100
+    row = stats(ops)[issuer.iss]
+    assert (row["verified"], row["cache_hits"], row["fast_path"]) == (1, 99, 0)
+
+
 def test_no_token_reached_the_server_log(ops):
     """Last: the whole server log of this module's cluster, refusals logged and not, against
     every token the tests above used — no token, payload or signature."""
