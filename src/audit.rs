@@ -51,15 +51,17 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
     log(&format!("kinde_rls: {}", r.message()), &detail);
 }
 
-/// The once-per-session line of a session that takes `request.jwt.claims` as verified.
-pub fn trusting_claims() {
+/// The once-per-session line of a session that takes `request.jwt.claims` as verified; whether
+/// it was written (when the audit log is off it is not, and is written once it is turned on).
+pub fn trusting_claims() -> bool {
     if !gucs::LOG_REFUSALS.get() || stats::in_parallel_worker() {
-        return;
+        return false;
     }
     log(
         "kinde_rls: trusting request.jwt.claims without a signature (kinde_rls.trust_request_claims is on)",
         &format!("{}: logged once per session", who()),
     );
+    true
 }
 
 fn one_line(s: &str) -> String {

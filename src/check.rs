@@ -175,11 +175,15 @@ pub fn findings() -> Vec<Finding> {
         }
     }
 
-    // The issuers' clocks.
+    // The clocks of the issuers this configuration uses (the table also holds other
+    // databases' issuers, and issuers no longer configured).
+    let configured: Vec<String> = identity::current_config()
+        .map(|c| c.providers.iter().map(|p| p.name()).collect())
+        .unwrap_or_default();
     let (rows, _) = stats::snapshot();
     for r in rows {
         if let (Some(skew), Some(issuer)) = (r.skew_s, r.issuer.as_deref()) {
-            if skew.abs() > MAX_SKEW_S {
+            if skew.abs() > MAX_SKEW_S && configured.iter().any(|c| c == issuer) {
                 out.push(finding(
                     "warning",
                     "",

@@ -940,8 +940,7 @@ fn trusted_claims(
     let issuer = kinde_rls_core::audit::issuer_of(&config, &map);
     let row = stats::row_of(issuer.as_deref());
     if !s.trust_logged {
-        s.trust_logged = true;
-        audit::trusting_claims();
+        s.trust_logged = audit::trusting_claims();
     }
     match kinde_rls_core::check_trusted_claims(&map, &config, now) {
         Ok(exp) => {

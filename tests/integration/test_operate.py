@@ -243,17 +243,21 @@ def test_a_parallel_query_is_one_request(ops, issuer):
             plan = "\n".join(r[0] for r in app.execute("EXPLAIN " + query))
             assert "Gather" in plan and "Workers Planned" in plan, plan
             assert as_user(app, t, query) == [(200000,)]
-            with pytest.raises(psycopg.Error) as e:
-                as_user(app, forged(t), query)
-            assert e.value.sqlstate == "28000"
-        row = stats(ops)[issuer.iss]
-        assert row["verified"] == 1 and row["cache_hits"] == 0
-        # One call per row, and one more when the planner estimates the condition's selectivity.
-        assert 200000 <= row["verified"] + row["fast_path"] <= 200001
-        assert row["refused_signature"] == 1
+            row = stats(ops)[issuer.iss]
+            assert row["verified"] == 1 and row["cache_hits"] == 0
+            # One call per row, and one more when the planner estimates the selectivity.
+            assert 200000 <= row["verified"] + row["fast_path"] <= 200001
+            # Forged tokens: the workers' errors reach the leader while it may be writing its
+            # own audit line; the session stays sound.
+            for _ in range(10):
+                with pytest.raises(psycopg.Error) as e:
+                    as_user(app, forged(t), query)
+                assert e.value.sqlstate == "28000"
+            assert as_user(app, t, "SELECT get_user_id()") == [("kp_par",)]
+        assert stats(ops)[issuer.iss]["refused_signature"] == 10
         time.sleep(0.3)
         log = ops.log_since(start)
-        assert log.count("kinde_rls: JWT refused: signature check failed") == 1
+        assert log.count("kinde_rls: JWT refused: signature check failed") == 10
         assert "client=local" not in log
     finally:
         with ops.connect(dbname="ops") as su:
@@ -406,6 +410,39 @@ def test_trusting_request_claims_is_logged_once_per_session(ops, issuer):
     assert row["trusted_claims"] == 3 and row["refused_exp"] == 1
 
 
+def test_a_session_trusting_claims_is_logged_once_the_log_is_turned_on(ops, issuer):
+    """The line is owed to a session that trusted claims while the audit log was off."""
+    import json
+    with ops.connect(dbname="ops") as su:
+        su.execute("DO $$ BEGIN CREATE ROLE realtime LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        su.execute("ALTER ROLE realtime SET kinde_rls.trust_request_claims = on")
+        su.execute("ALTER ROLE realtime RESET kinde_rls.log_refusals")
+    claims = json.dumps(issuer.claims("kp_rt2", aud=[AUD]))
+    start = ops.log_size()
+    with tcp(ops, user="realtime") as rt:
+        def use():
+            with rt.transaction():
+                rt.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims,))
+                assert one(rt, "SELECT get_user_id()") == "kp_rt2"
+        use()
+        with ops.connect(dbname="ops") as su:
+            su.execute("ALTER SYSTEM SET kinde_rls.log_refusals = on")
+            su.execute("SELECT pg_reload_conf()")
+        try:
+            deadline = time.time() + 30
+            while one(rt, "SHOW kinde_rls.log_refusals") != "on":
+                assert time.time() < deadline
+                time.sleep(0.1)
+            use()
+            use()
+        finally:
+            with ops.connect(dbname="ops") as su:
+                su.execute("ALTER SYSTEM RESET kinde_rls.log_refusals")
+                su.execute("SELECT pg_reload_conf()")
+    time.sleep(0.3)
+    assert ops.log_since(start).count("trusting request.jwt.claims without a signature") == 1
+
+
 # -- health check ---------------------------------------------------------------------------------
 
 
@@ -482,6 +519,8 @@ def test_a_clock_far_from_the_issuers_is_found(ops, issuer):
     rows = findings(ops)
     assert settings_of(rows) == [("warning", None)]
     assert "ahead of" in rows[0][2] and issuer.iss in rows[0][2]
+    # Only the issuers of the configuration the check runs under are judged.
+    assert findings(ops, user="postgres", setup=["SET kinde_rls.issuer = 'https://elsewhere.example'"]) == []
     skew = stats(ops)[issuer.iss]["clock_skew_s"]
     assert 598 <= skew <= 602
     with ops.connect(dbname="ops") as su:
