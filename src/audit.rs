@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! LOG:  kinde_rls: JWT refused: exp check failed (token expired)
-//! DETAIL:  issuer="https://acme.kinde.com" kid="k1" sub="kp_1" role=app client=10.0.0.7: <why>
+//! DETAIL:  issuer="https://acme.kinde.com" kid="k1" sub="kp_1" role="app" client=10.0.0.7: <why>
 //! ```
 //!
 //! Only what [`kinde_rls_core::audit`] allows is named: never the token, its signature or a

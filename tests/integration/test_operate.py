@@ -6,6 +6,7 @@ findings come only from these tests. The app connects as the non-superuser `app_
 TCP, passing tokens as bind parameters the way drivers do.
 """
 
+import contextlib
 import os
 import re
 import time
@@ -52,6 +53,20 @@ def ops(issuer):
         yield c
     finally:
         c.stop()
+
+
+@contextlib.contextmanager
+def role_settings(cluster, role="app_user", **settings):
+    """kinde_rls settings for a role, set as a superuser would, reset afterwards."""
+    with cluster.connect(dbname="ops") as su:
+        for name, value in settings.items():
+            su.execute(f"ALTER ROLE {role} SET kinde_rls.{name} = '{value}'")
+    try:
+        yield
+    finally:
+        with cluster.connect(dbname="ops") as su:
+            for name in settings:
+                su.execute(f"ALTER ROLE {role} RESET kinde_rls.{name}")
 
 
 def tcp(cluster, user="app_user", dbname="ops"):
@@ -230,8 +245,7 @@ def test_a_parallel_query_is_one_request(ops, issuer):
     with ops.connect(dbname="ops") as su:
         su.execute("CREATE TABLE IF NOT EXISTS big AS SELECT g FROM generate_series(1, 200000) g")
         su.execute("GRANT SELECT ON big TO app_user")
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
-    try:
+    with role_settings(ops, log_refusals="on"):
         reset(ops)
         start = ops.log_size()
         t = token(issuer, "kp_par")
@@ -259,17 +273,11 @@ def test_a_parallel_query_is_one_request(ops, issuer):
         log = ops.log_since(start)
         assert log.count("kinde_rls: JWT refused: signature check failed") == 10
         assert "client=local" not in log
-    finally:
-        with ops.connect(dbname="ops") as su:
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
 
 
 def test_a_cancel_while_a_refusal_is_logged_is_an_ordinary_cancel(ops):
     """statement_timeout firing while an audit line is written: 57014, and the session works."""
-    with ops.connect(dbname="ops") as su:
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals_per_second = 10000")
-    try:
+    with role_settings(ops, log_refusals="on", log_refusals_per_second="10000"):
         with ops.no_crash(dbname="ops"):
             for _ in range(10):
                 with tcp(ops) as app:
@@ -282,19 +290,13 @@ def test_a_cancel_while_a_refusal_is_logged_is_an_ordinary_cancel(ops):
                     app.execute("SET statement_timeout = 0")
                     refused(app, "SELECT verify_jwt(%s)", ("a.b.c",), check="format")
                     assert one(app, "SELECT get_user_id()") is None
-    finally:
-        with ops.connect(dbname="ops") as su:
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals_per_second")
 
 
 # -- audit log ------------------------------------------------------------------------------------
 
 
 def test_refusals_are_logged_without_the_token(ops, issuer):
-    with ops.connect(dbname="ops") as su:
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
-    try:
+    with role_settings(ops, log_refusals="on"):
         # The rate limit counts per second: start in a second of our own.
         time.sleep(1.1)
         start = ops.log_size()
@@ -339,9 +341,6 @@ def test_refusals_are_logged_without_the_token(ops, issuer):
             assert t not in log
             assert t.split(".")[2] not in log, "a signature reached the log"
             assert t.split(".")[1] not in log, "a payload reached the log"
-    finally:
-        with ops.connect(dbname="ops") as su:
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
 
 
 def test_the_log_is_off_by_default(ops, issuer):
@@ -353,10 +352,7 @@ def test_the_log_is_off_by_default(ops, issuer):
 
 
 def test_a_flood_is_rate_limited_and_the_rest_counted(ops):
-    with ops.connect(dbname="ops") as su:
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals = on")
-        su.execute("ALTER ROLE app_user SET kinde_rls.log_refusals_per_second = 5")
-    try:
+    with role_settings(ops, log_refusals="on", log_refusals_per_second="5"):
         reset(ops)
         start = ops.log_size()
         n = 300
@@ -377,10 +373,6 @@ def test_a_flood_is_rate_limited_and_the_rest_counted(ops):
         assert logged <= 5 * (int(elapsed) + 3)
         said = sum(int(m) for m in re.findall(r"\((\d+) earlier refusals were not logged", log))
         assert said == suppressed
-    finally:
-        with ops.connect(dbname="ops") as su:
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals")
-            su.execute("ALTER ROLE app_user RESET kinde_rls.log_refusals_per_second")
 
 
 def test_trusting_request_claims_is_logged_once_per_session(ops, issuer):

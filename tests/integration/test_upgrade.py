@@ -157,7 +157,19 @@ def _fingerprint(c: Cluster, dbname: str) -> list:
             FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
             JOIN pg_extension e ON e.oid = d.refobjid AND d.deptype = 'e'
             WHERE e.extname = 'kinde_rls' ORDER BY 1""").fetchall()
-    return [members, functions]
+        relations = db.execute("""
+            SELECT c.oid::regclass::text, c.relkind, coalesce(c.relacl::text, '(default)'),
+                   CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END
+            FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
+            JOIN pg_extension e ON e.oid = d.refobjid AND d.deptype = 'e'
+            WHERE e.extname = 'kinde_rls' ORDER BY 1""").fetchall()
+        # What the extension's scripts granted and revoked: pg_dump restores these.
+        init_privs = db.execute("""
+            SELECT pg_describe_object(i.classoid, i.objoid, i.objsubid), i.privtype, i.initprivs::text
+            FROM pg_init_privs i JOIN pg_depend d ON d.objid = i.objoid AND d.classid = i.classoid
+            JOIN pg_extension e ON e.oid = d.refobjid AND d.deptype = 'e'
+            WHERE e.extname = 'kinde_rls' ORDER BY 1""").fetchall()
+    return [members, functions, relations, init_privs]
 
 
 def test_policies_survive_update_from_previous_release(upc):
