@@ -31,10 +31,10 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
         return;
     }
     let limit = u32::try_from(gucs::LOG_REFUSALS_PER_SECOND.get()).unwrap_or(1);
-    let Some(unreported) = stats::may_log(limit) else {
+    if !stats::may_log(limit) {
         stats::count(row, Event::LogSuppressed);
         return;
-    };
+    }
     let facts = audit.describe();
     let mut detail = format!(
         "{}{}{}: {}",
@@ -43,6 +43,7 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
         who(),
         one_line(&r.detail)
     );
+    let unreported = stats::take_unreported();
     if unreported > 0 {
         detail.push_str(&format!(
             " ({unreported} earlier refusals were not logged: kinde_rls.log_refusals_per_second)"
@@ -108,7 +109,9 @@ unsafe extern "C-unwind" {
     fn errhidecontext(hide: bool) -> c_int;
 }
 
-/// One LOG line, without the statement or its context (either may hold a token).
+/// One LOG line, to the server log only (`LOG_SERVER_ONLY`: a session that sets
+/// `client_min_messages = log` is not told about other sessions' refusals, such as how many
+/// were suppressed), without the statement or its context (either may hold a token).
 ///
 /// `errfinish()` ends with `CHECK_FOR_INTERRUPTS()`: a cancel or `statement_timeout` pending
 /// there would jump (`longjmp`) over the Rust frames that called us, which hold borrows. So
@@ -137,7 +140,7 @@ fn log(message: &str, detail: &str) {
         pg_sys::InterruptHoldoffCount += 1;
         let _held = Held;
         pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            if errstart(pg_sys::LOG as c_int, c"kinde_rls".as_ptr()) {
+            if errstart(pg_sys::LOG_SERVER_ONLY as c_int, c"kinde_rls".as_ptr()) {
                 errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION as c_int);
                 errmsg_internal(c"%s".as_ptr(), msg.as_ptr());
                 errdetail_internal(c"%s".as_ptr(), det.as_ptr());

@@ -51,7 +51,7 @@ fn source_of(name: &str) -> Option<String> {
 
 /// A setting's values stored in the catalogs — `ALTER DATABASE/ROLE … SET` and functions'
 /// `SET` clauses — wherever they apply: `(database oid, role oid, value)`, the oids 0 for "all",
-/// and `(0, 0, value)` for a function. Setting names are matched case-insensitively, as
+/// and `(-1, -1, value)` for a function's `SET` clause (which applies only while it runs). Setting names are matched case-insensitively, as
 /// PostgreSQL matches them.
 fn stored(name: &str) -> Vec<(i64, i64, String)> {
     const QUERY: &str = "
@@ -59,7 +59,7 @@ fn stored(name: &str) -> Vec<(i64, i64, String)> {
           FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c
          WHERE pg_catalog.lower(c) OPERATOR(pg_catalog.^@) $1
         UNION ALL
-        SELECT 0, 0, c
+        SELECT -1, -1, c
           FROM pg_catalog.pg_proc p, pg_catalog.unnest(p.proconfig) c
          WHERE pg_catalog.lower(c) OPERATOR(pg_catalog.^@) $1";
     let prefix = format!("{name}=");

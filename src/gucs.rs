@@ -62,9 +62,10 @@ pub static JWKS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static JWKS_MAX_STALE: GucSetting<i32> = GucSetting::<i32>::new(86_400);
-/// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
+/// The audit log (`src/audit.rs`) and its lines per second.
 pub static LOG_REFUSALS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LOG_REFUSALS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(20);
+/// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
 pub static JWKS_CACHE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(16);
 
 /// Every hook below is `#[pg_guard]`: a PostgreSQL error raised in a call it makes (an

@@ -554,6 +554,9 @@ impl State {
             }
         }
         let config = self.config()?;
+        // Fetches noted by a verification that an error (a cancel) cut short were never taken:
+        // they are dropped, not counted for this token's issuer.
+        let _ = jwks::take_events();
         let started = std::time::Instant::now();
         let outcome = {
             let config = std::panic::AssertUnwindSafe(&*config);
@@ -639,7 +642,9 @@ pub fn verify_configured(token: &str) -> Result<Rc<Identity>, Error> {
 /// Count the fast-path hits not yet counted (at the end of a transaction, and before this
 /// backend reads the statistics).
 pub fn flush_stats() {
-    STATE.with(|s| {
+    // `try_with`: a transaction callback may run while the process exits, and `try_borrow_mut`:
+    // it never runs inside a lookup, but if it did, counting can wait for the next one.
+    let _ = STATE.try_with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             s.last.flush();
             s.cache_hits.flush();

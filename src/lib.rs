@@ -155,6 +155,7 @@ fn jwt_explain(
     let now = identity::now();
     // Bytes that are not UTF-8 are explained too: they fail the format row.
     let token = String::from_utf8_lossy(token.0).trim().to_owned();
+    let _ = jwks::take_events();
     let rows = errors::guarded(move || {
         Ok(kinde_rls_core::explain_configured(
             &token,
@@ -191,6 +192,7 @@ fn refresh_jwks() -> i32 {
     let mut loaded = 0usize;
     let mut failures = Vec::new();
     for (name, src) in &sources {
+        let _ = jwks::take_events();
         let result = jwks::refresh(src);
         identity::count_fetches(stats::row_of(Some(name)), jwks::take_events());
         match result {

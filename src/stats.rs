@@ -80,10 +80,10 @@ struct Row {
 struct Table {
     /// Unix µs of the last reset (or of the table's creation).
     reset_us: AtomicI64,
-    /// The audit log's rate limit: the second being counted, the lines written in it, and the
-    /// refusals not logged since the last line that was.
-    log_second: AtomicI64,
-    log_lines: AtomicU32,
+    /// The audit log's rate limit: the second being counted (high bits) and the lines written in
+    /// it (low [`WINDOW_BITS`] bits), in one word so that both change together; and the refusals
+    /// not logged since the last line that was.
+    log_window: AtomicU64,
     log_unreported: AtomicU64,
     rows: [Row; MAX_ROWS],
 }
@@ -269,27 +269,43 @@ pub fn clock_skew(r: u16, skew_s: i64) {
     r.skew_at_us.store(unix_us(), Ordering::Release);
 }
 
-/// The audit log's rate limit: whether a refusal line may be written now, and how many were
-/// not written since the last one that was (to say so in it). Counted per second of the wall
-/// clock for the whole table (the server, when preloaded); lines over the limit are counted as
-/// suppressed. Racing backends may let a line or two more through in one second; never fewer.
-pub fn may_log(limit: u32) -> Option<u64> {
+const WINDOW_BITS: u32 = 20;
+
+/// The audit log's rate limit: whether a refusal line may be written now. At most `limit` lines
+/// per second of the wall clock for the whole table (the server, when preloaded), exactly: the
+/// second and its count move together in one compare-and-swap. A refusal over the limit is
+/// counted as not reported, for the next line written to say ([`take_unreported`]).
+pub fn may_log(limit: u32) -> bool {
     let t = table();
-    let second = unix_us() / 1_000_000;
-    let seen = t.log_second.load(Ordering::Relaxed);
-    if seen != second
-        && t.log_second
-            .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        t.log_lines.store(0, Ordering::Relaxed);
+    let second = u64::try_from(unix_us() / 1_000_000).unwrap_or(0);
+    let mask = (1u64 << WINDOW_BITS) - 1;
+    let limit = u64::from(limit).min(mask);
+    let mut cur = t.log_window.load(Ordering::Relaxed);
+    loop {
+        let lines = if cur >> WINDOW_BITS == second {
+            cur & mask
+        } else {
+            0
+        };
+        if lines >= limit {
+            t.log_unreported.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let next = (second << WINDOW_BITS) | (lines + 1);
+        match t
+            .log_window
+            .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
     }
-    if t.log_lines.fetch_add(1, Ordering::Relaxed) < limit {
-        Some(t.log_unreported.swap(0, Ordering::Relaxed))
-    } else {
-        t.log_unreported.fetch_add(1, Ordering::Relaxed);
-        None
-    }
+}
+
+/// The refusals not logged since the last line that was, cleared: called by the line that
+/// says so, just before it is written.
+pub fn take_unreported() -> u64 {
+    table().log_unreported.swap(0, Ordering::Relaxed)
 }
 
 /// One row of `kinde_rls_stats()`.

@@ -308,6 +308,10 @@ def test_refusals_are_logged_without_the_token(ops, issuer):
         good = token(issuer, "kp_fine")
         used = [old, forgery, nl, good, u]
         with tcp(ops) as app:
+            # Lines go to the server log only, whatever the client asks to be told.
+            told = []
+            app.add_notice_handler(lambda d: told.append(d.message_primary))
+            app.execute("SET client_min_messages = log")
             with pytest.raises(psycopg.Error):
                 as_user(app, old)
             with pytest.raises(psycopg.Error):
@@ -317,6 +321,7 @@ def test_refusals_are_logged_without_the_token(ops, issuer):
             with pytest.raises(psycopg.Error):
                 app.execute("SELECT verify_jwt(%s)", (u,))
             assert as_user(app, good, "SELECT get_user_id()") == [("kp_fine",)]
+            assert not [m for m in told if "kinde_rls:" in m], told
         time.sleep(0.3)
         log = ops.log_since(start)
         lines = [l for l in log.splitlines() if "kinde_rls: JWT refused" in l]
@@ -371,6 +376,12 @@ def test_a_flood_is_rate_limited_and_the_rest_counted(ops):
         assert logged + suppressed == n + 1
         assert suppressed > 0
         assert logged <= 5 * (int(elapsed) + 3)
+        # At most 5 lines in any second of the server's clock.
+        per_second = {}
+        for line in log.splitlines():
+            if "kinde_rls: JWT refused" in line:
+                per_second[line[:19]] = per_second.get(line[:19], 0) + 1
+        assert max(per_second.values()) <= 5, per_second
         said = sum(int(m) for m in re.findall(r"\((\d+) earlier refusals were not logged", log))
         assert said == suppressed
 
@@ -488,6 +499,15 @@ def test_trust_for_everyone_is_found_and_for_one_role_is_not(ops):
         su.execute("ALTER ROLE realtime SET kinde_rls.trust_request_claims = on")
         su.execute("GRANT pg_monitor TO realtime")
     assert findings(ops, user="realtime") == []
+    # So is a function's SET clause: trust only while that function runs.
+    with ops.connect(dbname="ops") as su:
+        su.execute("CREATE OR REPLACE FUNCTION public.apply_rls_like() RETURNS int LANGUAGE sql "
+                   "SET kinde_rls.trust_request_claims = on AS 'SELECT 1'")
+    try:
+        assert findings(ops, user="realtime") == []
+    finally:
+        with ops.connect(dbname="ops") as su:
+            su.execute("DROP FUNCTION public.apply_rls_like()")
 
 
 def test_a_secret_file_others_can_read_is_found(ops):
@@ -598,7 +618,9 @@ def test_the_check_is_not_answered_by_objects_on_the_search_path(ops):
         owner.execute("""CREATE FUNCTION evil.f() RETURNS TABLE(setdatabase oid, setrole oid, setconfig text[])
                          LANGUAGE plpgsql AS $$ BEGIN INSERT INTO evil.marks VALUES (current_user); RETURN; END $$""")
         owner.execute("CREATE VIEW evil.pg_db_role_setting AS SELECT * FROM evil.f()")
-        owner.execute("CREATE VIEW evil.pg_settings AS SELECT name, 'user'::text AS source FROM pg_catalog.pg_settings")
+        owner.execute("""CREATE FUNCTION evil.g() RETURNS text
+                         LANGUAGE plpgsql AS $$ BEGIN INSERT INTO evil.marks VALUES (current_user); RETURN 'user'; END $$""")
+        owner.execute("CREATE VIEW evil.pg_settings AS SELECT name, evil.g() AS source FROM pg_catalog.pg_settings")
         owner.execute("CREATE FUNCTION evil.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$")
         owner.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
         owner.execute("GRANT SELECT ON ALL TABLES IN SCHEMA evil TO PUBLIC")
