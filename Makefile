@@ -18,7 +18,7 @@ export KINDE_RLS_VENV := $(VENV)
 .PHONY: setup install test test-all lint unit pgtest integration dev-test demo bench fuzz fuzz-check \
 	soak package package-one install-package clean
 
-# Versions `make test-all` and `make package` cover; .ci/run tests 15 and 17.
+# Versions `make test-all` and `make package` cover; .ci/run tests all three.
 VERSIONS    ?= 15 17 18
 
 setup:

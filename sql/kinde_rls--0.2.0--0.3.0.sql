@@ -50,6 +50,7 @@ CREATE FUNCTION "kinde_rls_stats"() RETURNS TABLE (
 	"refused_iss" bigint,
 	"refused_aud" bigint,
 	"refused_sub" bigint,
+	"refused_scope" bigint,
 	"fetches_ok" bigint,
 	"fetches_failed" bigint,
 	"fetches_rate_limited" bigint,

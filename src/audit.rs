@@ -52,6 +52,49 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
     log(&format!("kinde_rls: {}", r.message()), &detail);
 }
 
+/// A refused PostgreSQL 18 login ([`crate::oauth`]): counted, and always logged (a failed
+/// login is worth a line whatever `kinde_rls.log_refusals` says), within
+/// `kinde_rls.log_refusals_per_second`. `role` and `client` come from the connection: at login
+/// there is no current user to ask.
+#[cfg(feature = "pg18")]
+pub fn login_refused(r: &Refusal, audit: &Audit, row: u16, role: &str, client: &str) {
+    stats::count(row, Event::Refused(r.check));
+    let limit = u32::try_from(gucs::LOG_REFUSALS_PER_SECOND.get()).unwrap_or(1);
+    if !stats::may_log(limit) {
+        stats::count(row, Event::LogSuppressed);
+        return;
+    }
+    let facts = audit.describe();
+    let mut detail = format!(
+        "{}{}role={} client={}: {}",
+        facts,
+        if facts.is_empty() { "" } else { " " },
+        kinde_rls_core::error::quote(role),
+        one_line(client),
+        one_line(&r.detail)
+    );
+    let unreported = stats::take_unreported();
+    if unreported > 0 {
+        detail.push_str(&format!(
+            " ({unreported} earlier refusals were not logged: kinde_rls.log_refusals_per_second)"
+        ));
+    }
+    log(
+        &format!("kinde_rls: login refused: {}", r.message()),
+        &detail,
+    );
+}
+
+/// A login that could not be judged at all (a configuration error, a `pg_hba.conf` line
+/// kinde_rls cannot serve): always logged, and the login is refused.
+#[cfg(feature = "pg18")]
+pub fn login_failed(message: &str, detail: &str) {
+    log(
+        &format!("kinde_rls: login refused: {message}"),
+        &one_line(detail),
+    );
+}
+
 /// The once-per-session line of a session that takes `request.jwt.claims` as verified; whether
 /// it was written (when the audit log is off it is not, and is written once it is turned on).
 pub fn trusting_claims() -> bool {

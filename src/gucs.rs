@@ -63,6 +63,12 @@ pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static JWKS_MAX_STALE: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 /// The audit log (`src/audit.rs`) and its lines per second.
+#[cfg(feature = "pg18")]
+pub static LOGIN_AUTHN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The verified claims a PostgreSQL 18 login signed in with, for the session's parallel workers
+/// (which did not authenticate): set by the validator only ([`crate::oauth`]).
+#[cfg(feature = "pg18")]
+pub static LOGIN_IDENTITY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static LOG_REFUSALS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LOG_REFUSALS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(20);
 /// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
@@ -290,6 +296,8 @@ config_check_hook!(check_jwks_url, "kinde_rls.jwks_url");
 config_check_hook!(check_issuer, "kinde_rls.issuer");
 config_check_hook!(check_audience, "kinde_rls.audience");
 config_check_hook!(check_secret_file, "kinde_rls.secret_file");
+#[cfg(feature = "pg18")]
+config_check_hook!(check_login_authn_id, "kinde_rls.login_authn_id");
 
 /// `pg_db_role_setting` and `pg_proc.proconfig` are readable by every role, so a secret stored
 /// with `ALTER DATABASE/ROLE … SET` or a function's `SET` clause is public. Those values reach
@@ -519,6 +527,30 @@ fn define_all() {
             PGC_SUSET,
             none,
             (Some(check_secret_file), Some(config_changed_str), None),
+        );
+        #[cfg(feature = "pg18")]
+        define_string(
+            c"kinde_rls.login_authn_id",
+            c"The claims that make the identity of a PostgreSQL 18 login (SYSTEM_USER, pg_ident.conf), comma-separated; default sub.",
+            c"Several claims are joined with '/': 'org_code, sub' gives oauth:org_abc/kp_123. Read at login, from the server-wide settings.",
+            &LOGIN_AUTHN_ID,
+            PGC_SUSET,
+            none,
+            (Some(check_login_authn_id), None, None),
+        );
+        #[cfg(feature = "pg18")]
+        define_string(
+            c"kinde_rls.login_identity",
+            c"The verified claims of this session's login, for its parallel workers (set by kinde_rls only).",
+            c"",
+            &LOGIN_IDENTITY,
+            pg_sys::GucContext::PGC_SU_BACKEND,
+            GucFlags::SUPERUSER_ONLY
+                | GucFlags::NO_SHOW_ALL
+                | GucFlags::DISALLOW_IN_FILE
+                | GucFlags::DISALLOW_IN_AUTO_FILE
+                | GucFlags::NO_RESET_ALL,
+            (None, None, None),
         );
         define_string(
             c"kinde_rls.token",

@@ -64,7 +64,12 @@ impl Identity {
         }
     }
 
-    fn from_claims(map: Map<String, Value>, text: &str, valid_until: i64, row: u16) -> Self {
+    pub(crate) fn from_claims(
+        map: Map<String, Value>,
+        text: &str,
+        valid_until: i64,
+        row: u16,
+    ) -> Self {
         let sub = claims::subject(&map).map(String::from);
         Identity {
             payload: text.to_owned(),
@@ -905,16 +910,59 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         } else if gucs::TRUST_REQUEST_CLAIMS.get() {
             trusted_claims(s, text, now)?
         } else {
-            (None, i64::MAX)
+            login_or_nobody(s, now)?
         }
     } else {
-        (None, i64::MAX)
+        login_or_nobody(s, now)?
     };
     if identity.is_none() {
         stats::count(0, Event::Anonymous);
     }
     s.last.set(Last::new(key, identity.clone(), until));
     Ok(identity)
+}
+
+/// A request with no token of its own, in a session that signed in with a token (PostgreSQL 18
+/// `oauth` with kinde_rls as the validator, [`crate::oauth`]): the login's identity. Its claims
+/// are judged again by the session's rules — the login was judged by the server-wide settings,
+/// and a database or role may set its own issuer, audience or leeway — and once `exp + leeway`
+/// has passed the session has no identity left: every lookup is refused (28000) until a request
+/// sets a token of its own or the client signs in again. Without a login, nobody.
+fn login_or_nobody(s: &mut State, now: i64) -> Result<(Option<Rc<Identity>>, i64), Error> {
+    let Some(id) = login_identity() else {
+        return Ok((None, i64::MAX));
+    };
+    let config = s.config()?;
+    match kinde_rls_core::check_trusted_claims(id.claims(), &config, now) {
+        Ok(exp) => {
+            let until = exp.saturating_add(config.leeway());
+            Ok((Some(id), until))
+        }
+        Err(mut r) => {
+            if r.check == kinde_rls_core::Check::Exp {
+                r.reason = Some("the login token expired; sign in again");
+            }
+            r.detail = format!("the token this session signed in with: {}", r.detail);
+            let a = kinde_rls_core::audit::Audit {
+                issuer: kinde_rls_core::audit::issuer_of(&config, id.claims()),
+                sub: id.sub.as_deref().map(kinde_rls_core::error::quote),
+                ..Default::default()
+            };
+            audit::refused(&r, &a, id.row);
+            s.refusal_counted = true;
+            Err(r.into())
+        }
+    }
+}
+
+#[cfg(feature = "pg18")]
+fn login_identity() -> Option<Rc<Identity>> {
+    crate::oauth::login_identity()
+}
+
+#[cfg(not(feature = "pg18"))]
+fn login_identity() -> Option<Rc<Identity>> {
+    None
 }
 
 /// `request.jwt.claims` taken as verified because a superuser said so

@@ -18,6 +18,8 @@ mod gucs;
 mod identity;
 mod jsonb;
 mod jwks;
+#[cfg(feature = "pg18")]
+mod oauth;
 mod stats;
 
 use args::{arg_text, obj_or_raise, token_arg, Jsonb, Text};
@@ -312,6 +314,7 @@ fn kinde_rls_stats() -> TableIterator<
         name!(refused_iss, i64),
         name!(refused_aud, i64),
         name!(refused_sub, i64),
+        name!(refused_scope, i64),
         name!(fetches_ok, i64),
         name!(fetches_failed, i64),
         name!(fetches_rate_limited, i64),
@@ -350,6 +353,7 @@ fn kinde_rls_stats() -> TableIterator<
                     r.get(Event::Refused(Check::Iss)),
                     r.get(Event::Refused(Check::Aud)),
                     r.get(Event::Refused(Check::Sub)),
+                    r.get(Event::Refused(Check::Scope)),
                     r.get(Event::FetchOk),
                     r.get(Event::FetchFailed),
                     r.get(Event::FetchRateLimited),

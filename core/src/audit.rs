@@ -36,10 +36,13 @@ pub struct Audit {
 }
 
 /// Whether a refusal of a configured verification means the signature had verified: the claim
-/// rules `exp`, `nbf`, `aud` and `sub` run only after it ([`crate::pipeline::run`]); `iss` is
+/// rules `exp`, `nbf`, `aud` and `sub`, and a login's `scope`, run only after it ([`crate::pipeline::run`]); `iss` is
 /// judged before any key is looked at (it picks the provider).
 pub fn after_signature(check: Check) -> bool {
-    matches!(check, Check::Exp | Check::Nbf | Check::Aud | Check::Sub)
+    matches!(
+        check,
+        Check::Exp | Check::Nbf | Check::Aud | Check::Sub | Check::Scope
+    )
 }
 
 /// The audit facts of `token`, refused by `refusal` under `config`. The token is parsed again
@@ -211,7 +214,10 @@ mod tests {
     #[test]
     fn only_claim_rules_after_the_key_mean_a_verified_signature() {
         for c in Check::ALL {
-            let expected = matches!(c, Check::Exp | Check::Nbf | Check::Aud | Check::Sub);
+            let expected = matches!(
+                c,
+                Check::Exp | Check::Nbf | Check::Aud | Check::Sub | Check::Scope
+            );
             assert_eq!(after_signature(c), expected, "{c}");
         }
     }

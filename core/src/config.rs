@@ -186,6 +186,15 @@ pub fn validate_setting(setting: &str, value: &str) -> Result<(), ConfigError> {
             ..Default::default()
         }),
         "kinde_rls.secret_file" => check_secret_path(value),
+        "kinde_rls.login_authn_id" => crate::login::parse_authn_claims(value)
+            .map(|_| ())
+            .map_err(|m| {
+                ConfigError::new(
+                    setting,
+                    m,
+                    "Set kinde_rls.login_authn_id to the claims that make a login's identity, such as 'sub' or 'org_code, sub'.",
+                )
+            }),
         _ => Ok(()),
     }
 }

@@ -17,10 +17,13 @@ pub enum Check {
     Iss,
     Aud,
     Sub,
+    /// A login's scopes (the `scope` of the `pg_hba.conf` line): PostgreSQL 18 OAuth sign-in only.
+    Scope,
 }
 
 impl Check {
-    pub const ALL: [Check; 9] = [
+    /// The checks a token goes through ([`crate::pipeline`], `jwt_explain()` rows), in order.
+    pub const TOKEN: [Check; 9] = [
         Check::Format,
         Check::Algorithm,
         Check::Key,
@@ -30,6 +33,20 @@ impl Check {
         Check::Iss,
         Check::Aud,
         Check::Sub,
+    ];
+
+    /// Every check: the token's, then a login's ([`crate::login`]).
+    pub const ALL: [Check; 10] = [
+        Check::Format,
+        Check::Algorithm,
+        Check::Key,
+        Check::Signature,
+        Check::Exp,
+        Check::Nbf,
+        Check::Iss,
+        Check::Aud,
+        Check::Sub,
+        Check::Scope,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +60,7 @@ impl Check {
             Check::Iss => "iss",
             Check::Aud => "aud",
             Check::Sub => "sub",
+            Check::Scope => "scope",
         }
     }
 
@@ -58,6 +76,7 @@ impl Check {
             Check::Iss => "issuer not accepted",
             Check::Aud => "audience not accepted",
             Check::Sub => "subject missing or invalid",
+            Check::Scope => "scope not granted",
         }
     }
 }

@@ -43,10 +43,10 @@ pub fn explain_configured(
     rows(&run(token, parse(token), &trust, source, now, true))
 }
 
-/// The rows of a trace, in the order of [`Check::ALL`].
+/// The rows of a trace, in the order of [`Check::TOKEN`].
 pub fn rows(t: &Trace) -> Vec<ExplainRow> {
     let verified = *t.outcome(Check::Signature) == Outcome::Passed;
-    Check::ALL
+    Check::TOKEN
         .iter()
         .map(|&check| {
             let (ok, mut detail) = match t.outcome(check) {
@@ -110,6 +110,7 @@ fn passed(t: &Trace, check: Check) -> String {
             Some(s) => format!("sub is {}", quote(s)),
             None => "no sub claim (allowed: kinde_rls.require_sub is off)".into(),
         },
+        Check::Scope => "checked only when signing in to PostgreSQL (the pg_hba.conf line's scope)".into(),
     }
 }
 

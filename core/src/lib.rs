@@ -19,6 +19,7 @@ pub mod explain;
 pub mod fetch;
 pub mod keycache;
 pub mod keys;
+pub mod login;
 pub mod pipeline;
 pub mod rules;
 pub mod sign;

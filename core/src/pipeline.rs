@@ -178,13 +178,13 @@ pub struct Trace<'t, 'c> {
     /// Why keys of the provider's sets are ignored (kept only when explaining).
     pub ignored: Vec<String>,
     exp: Option<i64>,
-    outcomes: [Outcome; 9],
+    outcomes: [Outcome; Check::TOKEN.len()],
     /// Run every stage that can run (explain), rather than stop at the first failure.
     every: bool,
 }
 
 fn row(c: Check) -> usize {
-    Check::ALL.iter().position(|x| *x == c).unwrap_or(0)
+    Check::TOKEN.iter().position(|x| *x == c).unwrap_or(0)
 }
 
 impl<'t, 'c> Trace<'t, 'c> {
@@ -269,7 +269,7 @@ pub fn run<'t, 'c>(
     let p = match parsed {
         Ok(p) => p,
         Err(e) => {
-            for c in Check::ALL {
+            for c in Check::TOKEN {
                 t.set(c, Outcome::NotChecked("the token could not be parsed"));
             }
             if e.check != Check::Format {

@@ -98,11 +98,14 @@ def db_settings(cluster):
 # that came out empty, or tests added without saying so, which would let as many vanish later),
 # or when any test is skipped or xfailed without being listed below. Update the count when
 # adding tests; a skip that is part of the design gets an entry saying why.
-DECLARED_TESTS = 434
+DECLARED_TESTS = 453
 EXPECTED_SKIPS: dict[str, str] = {
     # Between releases the current version has no frozen schema to compare with; the update test
     # still upgrades from the last release. Runs whenever Cargo.toml's version is released.
     "test_upgrade.py::test_released_schema_has_not_drifted": "the current version is not released yet",
+    # Signing in with a token is PostgreSQL 18's (oauth in pg_hba.conf); on 15 and 17 the module
+    # skips, and on 18 it must run (the suite's PostgreSQL 18 build has libcurl).
+    "test_oauth.py::": "OAuth sign-in needs PostgreSQL 18",
 }
 
 _skipped: list[tuple[str, str]] = []

@@ -4,7 +4,7 @@ issuer can have. Started and stopped by the tests; loopback only.
     issuer = MockIssuer()           # serves /.well-known/openid-configuration and the JWKS
     token = issuer.sign(claims)     # RS256 with the current key, kid in the header
     issuer.rotate()                 # new key; the old one leaves the set (keep_old=True keeps it)
-    issuer.mode = "500"             # or "hang", "garbage", "huge", "ok"
+    issuer.mode = "500"             # or "hang" ("hang_keys": the JWKS only), "garbage", "huge", "ok"
     issuer.discovery_mode = "500"   # discovery only: "500", "garbage", or "ok"
     issuer.discovery_issuer = "https://evil.example"   # what discovery claims to be
     issuer.extra_keys = [{...}]     # more JWKs served next to the signing keys
@@ -14,6 +14,13 @@ issuer can have. Started and stopped by the tests; loopback only.
     issuer.redirects["/x"] = "http://192.0.2.1/jwks"   # any path can redirect anywhere
     issuer.redirect_cookie = "sid=…"  # a Set-Cookie sent with every redirect
     issuer.reset_counts()           # forget the counts and the recorded requests
+
+The OAuth 2.0 device authorization grant (RFC 8628), auto-approving, for PostgreSQL 18's libpq
+(psql with oauth_issuer/oauth_client_id): discovery names a device_authorization_endpoint, the
+grant type and a token_endpoint; the first poll of the token endpoint answers with
+`issuer.device_token` (a token, or a callable returning one; None answers access_denied).
+    issuer.device_token = issuer.token("kp_alice", aud=[AUD])
+    issuer.device_requests          # the form fields of each device and token request
 """
 
 import json
@@ -28,6 +35,7 @@ DISCOVERY = "/.well-known/openid-configuration"
 # Kinde publishes its keys at /.well-known/jwks; discovery points there. A custom path can be
 # given to prove that discovery's jwks_uri is what is followed.
 KINDE_JWKS = "/.well-known/jwks"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 class MockIssuer:
@@ -47,6 +55,8 @@ class MockIssuer:
         self.requests = []  # (path, [(header name lowercased, value)]) per request
         self.redirects = {}  # path -> Location, answered with 302
         self.redirect_cookie = None
+        self.device_token = None
+        self.device_requests = []  # (endpoint, {form field: value})
         self._lock = threading.Lock()
         self._release = threading.Event()
         issuer = self
@@ -59,6 +69,9 @@ class MockIssuer:
 
             def do_GET(self):
                 issuer._serve(self)
+
+            def do_POST(self):
+                issuer._serve_post(self)
 
             def date_time_string(self, timestamp=None):
                 return super().date_time_string(time.time() + issuer.date_offset)
@@ -157,6 +170,10 @@ class MockIssuer:
                 "issuer": self.discovery_issuer or self.iss,
                 "authorization_endpoint": self.base + "/oauth2/auth",
                 "token_endpoint": self.base + "/oauth2/token",
+                "device_authorization_endpoint": self.base + "/oauth2/device/auth",
+                "grant_types_supported": [
+                    "authorization_code", "refresh_token", DEVICE_GRANT,
+                ],
                 "jwks_uri": self.jwks_url,
                 "id_token_signing_alg_values_supported": ["RS256"],
             })
@@ -173,7 +190,7 @@ class MockIssuer:
             return self._send(h, 404, "not found")
         if self.delay:
             time.sleep(self.delay)
-        if self.mode == "hang":
+        if self.mode == "hang" or (self.mode == "hang_keys" and endpoint == "jwks"):
             self._release.wait(self.hang_seconds)
             return self._send(h, 200, "{}")
         if self.mode == "500":
@@ -189,6 +206,35 @@ class MockIssuer:
                 return self._send_huge(h)
             body = json.dumps(self.jwks_doc())
         self._send(h, 200, body)
+
+    def _serve_post(self, h: BaseHTTPRequestHandler):
+        """The device flow: a device code, then (auto-approved) the token on the first poll."""
+        from urllib.parse import parse_qsl
+        path = h.path.split("?")[0]
+        length = int(h.headers.get("Content-Length") or 0)
+        form = dict(parse_qsl(h.rfile.read(length).decode("utf-8", "replace")))
+        endpoint = {"/oauth2/device/auth": "device", "/oauth2/token": "token"}.get(path, "other")
+        with self._lock:
+            self.requests.append((path, [(k.lower(), v) for k, v in h.headers.items()]))
+            self.device_requests.append((endpoint, form))
+            self.counts[endpoint] += 1
+            self.counts["total"] += 1
+        if endpoint == "device":
+            return self._send(h, 200, json.dumps({
+                "device_code": "device-code-1",
+                "user_code": "ABCD-EFGH",
+                "verification_uri": self.base + "/activate",
+                "expires_in": 300,
+                "interval": 1,
+            }))
+        if endpoint == "token" and form.get("grant_type") == DEVICE_GRANT:
+            token = self.device_token() if callable(self.device_token) else self.device_token
+            if token is None:
+                return self._send(h, 400, json.dumps({"error": "access_denied"}))
+            return self._send(h, 200, json.dumps({
+                "access_token": token, "token_type": "Bearer", "expires_in": 3600,
+            }))
+        return self._send(h, 400, json.dumps({"error": "invalid_request"}))
 
     @staticmethod
     def _send(h, status: int, body: str, extra=()):

@@ -29,7 +29,7 @@ EXPECTED = {
                           "anonymous bigint, trusted_claims bigint, refused_format bigint, "
                           "refused_algorithm bigint, refused_key bigint, refused_signature bigint, "
                           "refused_exp bigint, refused_nbf bigint, refused_iss bigint, refused_aud bigint, "
-                          "refused_sub bigint, fetches_ok bigint, fetches_failed bigint, "
+                          "refused_sub bigint, refused_scope bigint, fetches_ok bigint, fetches_failed bigint, "
                           "fetches_rate_limited bigint, verify_time_us bigint, verify_time_max_us bigint, "
                           "last_refusal timestamp with time zone, log_suppressed bigint, clock_skew_s bigint, "
                           "clock_skew_at timestamp with time zone, scope text, "

@@ -23,7 +23,7 @@ AUD = "api://todos"
 COLUMNS = [
     "issuer", "verified", "cache_hits", "fast_path", "anonymous", "trusted_claims",
     "refused_format", "refused_algorithm", "refused_key", "refused_signature", "refused_exp",
-    "refused_nbf", "refused_iss", "refused_aud", "refused_sub", "fetches_ok", "fetches_failed",
+    "refused_nbf", "refused_iss", "refused_aud", "refused_sub", "refused_scope", "fetches_ok", "fetches_failed",
     "fetches_rate_limited", "verify_time_us", "verify_time_max_us", "last_refusal",
     "log_suppressed", "clock_skew_s", "clock_skew_at", "scope", "stats_reset",
 ]

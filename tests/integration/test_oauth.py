@@ -1,0 +1,358 @@
+"""Signing in to PostgreSQL 18 with Kinde: kinde_rls as the OAuth validator
+(`oauth_validator_libraries`), and the login's verified user in get_user_id().
+
+A cluster of its own listening on 127.0.0.1, with `oauth` lines in pg_hba.conf naming the loopback
+mock issuer. psql from the PostgreSQL 18 build (libpq with libcurl) runs the device authorization
+flow against the mock issuer, which approves at once and hands out whatever token the test chose
+(minted with PyJWT): so each case is one real login, the way an analyst's psql makes it.
+PGOAUTHDEBUG=UNSAFE lets libpq talk plain http to the loopback issuer (tests only).
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from issuer import MockIssuer
+from kinde import Signer
+from pg import BINDIR, CRASH_LINES, PG_CONFIG, Cluster, write_server_file
+
+PG_MAJOR = int(subprocess.check_output([PG_CONFIG, "--version"], text=True).split()[1].split(".")[0])
+pytestmark = pytest.mark.skipif(PG_MAJOR < 18, reason="OAuth sign-in needs PostgreSQL 18")
+
+AUD = "api://todos"
+SCOPE = "openid db"
+CLIENT_ID = "psql-analysts"
+
+
+@pytest.fixture(scope="module")
+def kinde():
+    i = MockIssuer()
+    yield i
+    i.stop()
+
+
+@pytest.fixture(scope="module")
+def workos():
+    """A second configured provider: its tokens verify, but no pg_hba.conf line names it."""
+    i = MockIssuer()
+    yield i
+    i.stop()
+
+
+@pytest.fixture(scope="module")
+def slow():
+    """A provider whose key endpoint hangs: a login must still end, refused, in bounded time."""
+    i = MockIssuer()
+    i.mode = "hang_keys"
+    i.hang_seconds = 30
+    yield i
+    i.stop()
+
+
+def hba_line(role, issuer, scope=SCOPE, extra="map=kinde"):
+    return f'host app {role} 127.0.0.1/32 oauth issuer="{issuer.iss}" scope="{scope}" {extra}\n'
+
+
+@pytest.fixture(scope="module")
+def cluster(kinde, workos, slow):
+    providers = (
+        f'[{{"issuer": "{kinde.iss}", "jwks_url": "{kinde.jwks_url}", "audience": "{AUD}"}},'
+        f' {{"issuer": "{workos.iss}", "jwks_url": "{workos.jwks_url}", "audience": "{AUD}"}},'
+        f' {{"issuer": "{slow.iss}", "jwks_url": "{slow.jwks_url}", "audience": "{AUD}"}}]'
+    )
+    c = Cluster("oauth", preload=True, conf={
+        "listen_addresses": "'127.0.0.1'",
+        "oauth_validator_libraries": "'kinde_rls'",
+        "kinde_rls.providers": "'" + providers.replace("'", "''") + "'",
+        "kinde_rls.leeway": "0",
+        "kinde_rls.jwks_timeout_ms": "1000",
+        "log_connections": "on",
+    })
+    try:
+        hba = os.path.join(c.data, "pg_hba.conf")
+        write_server_file(hba, "".join([
+            "local all all trust\n",
+            hba_line("analyst", kinde),
+            hba_line("org_a_role", kinde, extra="map=kinde_org"),
+            hba_line("slow_role", slow),
+            hba_line("delegated", kinde, extra="delegate_ident_mapping=1"),
+        ]), 0o600)
+        ident = os.path.join(c.data, "pg_ident.conf")
+        write_server_file(ident, "".join([
+            "kinde /^.*$ analyst\n",
+            "kinde_org /^org_a/[^/]+$ org_a_role\n",
+        ]), 0o600)
+        with c.connect() as su:
+            su.execute("CREATE DATABASE app")
+        with c.connect(dbname="app") as db:
+            db.execute("CREATE EXTENSION kinde_rls")
+            root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+            db.execute(open(os.path.join(root, "sql", "examples", "todos.sql")).read())
+            for role in ("analyst", "org_a_role", "slow_role", "delegated"):
+                db.execute(f"CREATE ROLE {role} LOGIN IN ROLE authenticated")
+            db.execute("INSERT INTO todos (task, user_id) VALUES"
+                       " ('alice: call the bank', 'kp_alice'), ('alice: file taxes', 'kp_alice'),"
+                       " ('bob: water plants', 'kp_bob')")
+            # Enough rows for a parallel plan when one is forced.
+            db.execute("CREATE TABLE big AS SELECT g, CASE WHEN g % 2 = 0 THEN 'kp_alice' ELSE 'kp_bob' END"
+                       " AS user_id FROM generate_series(1, 20000) g")
+            db.execute("ALTER TABLE big ENABLE ROW LEVEL SECURITY")
+            db.execute("CREATE POLICY mine ON big USING (user_id = get_user_id())")
+            db.execute("GRANT SELECT ON big TO authenticated")
+            db.execute("SELECT pg_reload_conf()")
+        yield c
+    finally:
+        c.stop()
+
+
+def token_for(issuer, sub, lifetime=3600, **extra):
+    extra.setdefault("aud", [AUD])
+    extra.setdefault("scp", ["openid", "profile", "db"])
+    return issuer.token(sub, lifetime=lifetime, **extra)
+
+
+USED_TOKENS = []
+
+
+def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60):
+    """psql signs in through the device flow at `issuer`, which hands out `token`, and runs
+    `sql` (a script: statements run on after an error). Returns (returncode, stdout, stderr)."""
+    USED_TOKENS.append(token)
+    issuer.device_token = token
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write("\\set VERBOSITY verbose\n" + sql + "\n")
+        script = f.name
+    env = dict(os.environ, PGOAUTHDEBUG="UNSAFE", PGCONNECT_TIMEOUT="60")
+    libdir = subprocess.check_output([PG_CONFIG, "--libdir"], text=True).strip()
+    env["LD_LIBRARY_PATH"] = libdir
+    conninfo = (f"host=127.0.0.1 port={cluster.port} dbname=app user={role}"
+                f" oauth_issuer={issuer.iss} oauth_client_id={CLIENT_ID}")
+    try:
+        r = subprocess.run([f"{BINDIR}/psql", "-X", "-A", "-t", "-q", "-d", conninfo, "-f", script],
+                           capture_output=True, text=True, timeout=timeout, env=env,
+                           stdin=subprocess.DEVNULL)
+    finally:
+        os.unlink(script)
+    return r.returncode, r.stdout.strip(), r.stderr
+
+
+def signed_in(cluster, issuer, token, sql, **kw):
+    code, out, err = sign_in(cluster, issuer, token, sql, **kw)
+    assert code == 0 and "ERROR" not in err, (code, out, err)
+    return out
+
+
+def test_libpq_was_built_for_the_device_flow():
+    assert "--with-libcurl" in subprocess.check_output([PG_CONFIG, "--configure"], text=True)
+
+
+def test_a_login_is_the_kinde_user(cluster, kinde):
+    kinde.device_requests.clear()
+    out = signed_in(cluster, kinde, token_for(kinde, "kp_alice"),
+                    "SELECT get_user_id(), system_user, current_user, get_claims()->>'email';")
+    assert out == "kp_alice|oauth:kp_alice|analyst|kp_alice@example.com"
+    # The device flow asked for the pg_hba.conf line's scope, as the configured client.
+    device = [form for endpoint, form in kinde.device_requests if endpoint == "device"]
+    assert device and device[-1]["client_id"] == CLIENT_ID and device[-1]["scope"] == SCOPE
+
+
+def test_rls_shows_only_the_login_users_rows(cluster, kinde):
+    out = signed_in(cluster, kinde, token_for(kinde, "kp_alice"), """
+        SELECT string_agg(task, ',' ORDER BY task) FROM todos;
+        INSERT INTO todos (task) VALUES ('alice: new') RETURNING user_id;
+        UPDATE todos SET completed_state = true WHERE user_id = 'kp_bob' RETURNING id;
+        SELECT count(*) FROM big;
+        SET debug_parallel_query = on;
+        SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+        SELECT count(*), count(DISTINCT user_id) FROM big;
+        SELECT get_user_id(), get_claims()->>'email';
+    """)
+    assert out.splitlines() == [
+        "alice: call the bank,alice: file taxes",
+        "kp_alice",
+        "10000",
+        "10000|1",
+        "kp_alice|kp_alice@example.com",
+    ]
+    with cluster.connect(dbname="app") as su:
+        assert su.execute("SELECT count(*) FROM todos WHERE completed_state").fetchone()[0] == 0
+        su.execute("DELETE FROM todos WHERE task = 'alice: new'")
+
+
+def test_a_request_token_wins_over_the_login(cluster, kinde):
+    bob = token_for(kinde, "kp_bob")
+    USED_TOKENS.append(bob)
+    out = signed_in(cluster, kinde, token_for(kinde, "kp_alice"), f"""
+        BEGIN; SET LOCAL kinde_rls.token = '{bob}';
+        SELECT get_user_id(), string_agg(task, ',') FROM todos;
+        COMMIT;
+        SELECT get_user_id();
+        RESET ALL; DISCARD ALL;
+        SELECT get_user_id(), system_user;
+    """)
+    assert out.splitlines() == ["kp_bob|bob: water plants", "kp_alice", "kp_alice|oauth:kp_alice"]
+
+
+def login_refusals(cluster, since):
+    return [line for line in cluster.log_since(since).splitlines() if "kinde_rls: login refused" in line]
+
+
+@pytest.mark.parametrize("case,check", [
+    ("expired", "exp"),
+    ("other issuer", "iss"),
+    ("missing scope", "scope"),
+    ("bad signature", "signature"),
+    ("unknown key", "key"),
+    ("other audience", "aud"),
+    ("no sub", "sub"),
+    ("not a token", "format"),
+])
+def test_a_refused_token_is_a_failed_login(cluster, kinde, workos, case, check):
+    if case == "expired":
+        token = kinde.sign({**kinde.claims("kp_alice", aud=[AUD], scp=["db", "openid"]),
+                            "exp": int(time.time()) - 60})
+    elif case == "other issuer":
+        # Verifies (workos is a configured provider), but the line names the Kinde issuer.
+        token = token_for(workos, "kp_alice")
+    elif case == "missing scope":
+        token = token_for(kinde, "kp_alice", scp=["openid", "profile"])
+    elif case == "bad signature":
+        h, p, s = token_for(kinde, "kp_alice").split(".")
+        token = ".".join([h, p, s[:20] + ("A" if s[20] != "A" else "B") + s[21:]])
+    elif case == "unknown key":
+        token = kinde.sign(kinde.claims("kp_alice", aud=[AUD], scp=["openid", "db"]), signer=Signer("rsa"))
+    elif case == "other audience":
+        token = token_for(kinde, "kp_alice", aud=["api://billing"])
+    elif case == "no sub":
+        claims = kinde.claims("kp_alice", aud=[AUD], scp=["openid", "db"])
+        del claims["sub"]
+        token = kinde.sign(claims)
+    else:
+        token = "not-a-jwt"
+    since = cluster.log_size()
+    code, out, err = sign_in(cluster, kinde, token, "SELECT get_user_id();")
+    assert code != 0 and out == "", (code, out, err)
+    assert 'OAuth bearer authentication failed for user "analyst"' in err
+    lines = login_refusals(cluster, since)
+    assert len(lines) == 1, cluster.log_since(since)
+    assert f"kinde_rls: login refused: JWT refused: {check} check failed" in lines[0]
+    log = cluster.log_since(since)
+    assert "role=\"analyst\" client=127.0.0.1" in log
+    assert token not in log and token.split(".")[-1] not in log
+
+
+def test_each_refused_login_is_counted_under_its_issuer(cluster, kinde, workos):
+    """The refusals of the test above, one per check, in the statistics (server-wide: preloaded)."""
+    cols = "refused_format, refused_signature, refused_key, refused_exp, refused_iss, refused_aud, refused_sub, refused_scope"
+    with cluster.connect(dbname="app") as su:
+        rows = {r[0]: r[1:] for r in su.execute(f"SELECT issuer, {cols} FROM kinde_rls_stats")}
+    assert rows[kinde.iss] == (0, 1, 1, 1, 0, 1, 1, 1)
+    assert rows[workos.iss] == (0, 0, 0, 0, 1, 0, 0, 0)
+    assert rows[None][0] == 1
+
+
+def test_the_login_identity_ends_at_exp(cluster, kinde):
+    """After the login token's exp (leeway 0 here), the session has no identity: every call that
+    needs one is refused with 28000, so RLS shows nothing; a request token still works."""
+    bob = token_for(kinde, "kp_bob")
+    USED_TOKENS.append(bob)
+    token = token_for(kinde, "kp_alice", lifetime=6)
+    exp = int(time.time()) + 6
+    code, out, err = sign_in(cluster, kinde, token, f"""
+        SELECT get_user_id();
+        SELECT pg_sleep(greatest(0, {exp} + 1.2 - extract(epoch FROM clock_timestamp())));
+        SELECT 'after', get_user_id();
+        SELECT count(*) FROM todos;
+        SELECT system_user;
+        BEGIN; SET LOCAL kinde_rls.token = '{bob}'; SELECT get_user_id(); COMMIT;
+    """)
+    lines = [line for line in out.splitlines() if line]
+    assert lines[0] == "kp_alice"
+    assert lines[-2:] == ["oauth:kp_alice", "kp_bob"], (out, err)
+    assert "after" not in out
+    errors = [line for line in err.splitlines() if "ERROR:" in line]
+    assert len(errors) == 2, err
+    for e in errors:
+        assert "ERROR:  28000: JWT refused: exp check failed (the login token expired; sign in again)" in e
+
+
+def test_the_login_identity_cannot_be_set_or_forged(cluster, kinde):
+    """Only the validator sets the login identity; a session that did not sign in with a token
+    has none, even when a superuser hands it the setting at connection start."""
+    import psycopg
+    forged = '{"until": 9999999999, "row": 0, "authn_id": "kp_alice", "payload": "{\\"sub\\":\\"kp_alice\\"}"}'
+    with cluster.connect(dbname="app") as su:
+        su.execute("CREATE ROLE plain LOGIN IN ROLE authenticated")
+    with cluster.connect(user="plain", dbname="app") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT set_config('kinde_rls.login_identity', %s, false)", (forged,))
+        assert ei.value.sqlstate in ("55P02", "42501")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT current_setting('kinde_rls.login_identity')")
+        assert ei.value.sqlstate == "42501"
+    opts = "-c kinde_rls.login_identity=" + forged.replace(" ", "\\ ").replace('"', '\\"')
+    with psycopg.connect(cluster.conninfo("postgres", "app"), options=opts, autocommit=True) as c:
+        assert c.execute("SELECT get_user_id()").fetchone()[0] is None
+        c.execute("SET debug_parallel_query = on")
+        assert c.execute("SELECT get_user_id() FROM big LIMIT 1").fetchone()[0] is None
+
+
+def test_a_role_per_organisation_through_pg_ident(cluster, kinde):
+    """kinde_rls.login_authn_id = 'org_code, sub' makes the identity org/sub, which a pg_ident.conf
+    regex maps to a role per organisation; another organisation's user cannot take that role."""
+    with cluster.connect(dbname="app") as su:
+        su.execute("ALTER SYSTEM SET kinde_rls.login_authn_id = 'org_code, sub'")
+        su.execute("SELECT pg_reload_conf()")
+    time.sleep(1)
+    try:
+        out = signed_in(cluster, kinde, token_for(kinde, "kp_carol", org_code="org_a"),
+                        "SELECT get_user_id(), system_user, current_user;", role="org_a_role")
+        assert out == "kp_carol|oauth:org_a/kp_carol|org_a_role"
+        code, out, err = sign_in(cluster, kinde, token_for(kinde, "kp_dave", org_code="org_b"),
+                                 "SELECT 1;", role="org_a_role")
+        assert code != 0 and out == ""
+        # An organisation code that would read as two claims is refused before any map.
+        since = cluster.log_size()
+        code, out, err = sign_in(cluster, kinde, token_for(kinde, "kp_eve", org_code="org_a/kp_x"),
+                                 "SELECT 1;", role="org_a_role")
+        assert code != 0
+        assert "JWT refused: sub check failed" in "".join(login_refusals(cluster, since))
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("ALTER SYSTEM RESET kinde_rls.login_authn_id")
+            su.execute("SELECT pg_reload_conf()")
+        time.sleep(1)
+
+
+def test_delegate_ident_mapping_is_refused(cluster, kinde):
+    """With delegate_ident_mapping the validator alone would decide the role: any valid token
+    could sign in as any role the line allows. kinde_rls refuses to serve such a line."""
+    since = cluster.log_size()
+    code, out, err = sign_in(cluster, kinde, token_for(kinde, "kp_alice"), "SELECT 1;", role="delegated")
+    assert code != 0 and out == ""
+    assert login_refusals(cluster, since) == [login_refusals(cluster, since)[0]]
+    assert "sets delegate_ident_mapping" in cluster.log_since(since)
+
+
+def test_a_hanging_key_fetch_ends_the_login_in_bounded_time(cluster, slow):
+    since = cluster.log_size()
+    started = time.monotonic()
+    code, out, err = sign_in(cluster, slow, token_for(slow, "kp_alice"), "SELECT 1;", role="slow_role")
+    took = time.monotonic() - started
+    assert code != 0 and out == ""
+    # jwks_timeout_ms = 1000, plus the device flow's own polling.
+    assert took < 15, took
+    assert "JWT refused: key check failed" in "".join(login_refusals(cluster, since))
+
+
+def test_no_token_reaches_the_server_log(cluster):
+    log = cluster.server_log()
+    assert USED_TOKENS
+    for t in USED_TOKENS:
+        assert t not in log
+        if t.count(".") == 2:
+            assert t.split(".")[2] not in log
+    assert not CRASH_LINES.search(log)
