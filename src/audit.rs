@@ -30,6 +30,27 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
     if !gucs::LOG_REFUSALS.get() || stats::in_parallel_worker() {
         return;
     }
+    write_refusal("kinde_rls: ", r, audit, row, who);
+}
+
+/// A refused PostgreSQL 18 login ([`crate::oauth`]): counted, and always logged (a failed
+/// login is worth a line whatever `kinde_rls.log_refusals` says). `role` and `client` come from
+/// the connection: at login there is no current user to ask.
+#[cfg(feature = "pg18")]
+pub fn login_refused(r: &Refusal, audit: &Audit, row: u16, role: &str, client: &str) {
+    stats::count(row, Event::Refused(r.check));
+    write_refusal("kinde_rls: login refused: ", r, audit, row, || {
+        format!(
+            "role={} client={}",
+            kinde_rls_core::error::quote(role),
+            one_line(client)
+        )
+    });
+}
+
+/// One refusal line, within `kinde_rls.log_refusals_per_second`: the rest are counted as
+/// suppressed, and the next line written says how many were not.
+fn write_refusal(prefix: &str, r: &Refusal, audit: &Audit, row: u16, who: impl FnOnce() -> String) {
     let limit = u32::try_from(gucs::LOG_REFUSALS_PER_SECOND.get()).unwrap_or(1);
     if !stats::may_log(limit) {
         stats::count(row, Event::LogSuppressed);
@@ -49,40 +70,7 @@ pub fn refused(r: &Refusal, audit: &Audit, row: u16) {
             " ({unreported} earlier refusals were not logged: kinde_rls.log_refusals_per_second)"
         ));
     }
-    log(&format!("kinde_rls: {}", r.message()), &detail);
-}
-
-/// A refused PostgreSQL 18 login ([`crate::oauth`]): counted, and always logged (a failed
-/// login is worth a line whatever `kinde_rls.log_refusals` says), within
-/// `kinde_rls.log_refusals_per_second`. `role` and `client` come from the connection: at login
-/// there is no current user to ask.
-#[cfg(feature = "pg18")]
-pub fn login_refused(r: &Refusal, audit: &Audit, row: u16, role: &str, client: &str) {
-    stats::count(row, Event::Refused(r.check));
-    let limit = u32::try_from(gucs::LOG_REFUSALS_PER_SECOND.get()).unwrap_or(1);
-    if !stats::may_log(limit) {
-        stats::count(row, Event::LogSuppressed);
-        return;
-    }
-    let facts = audit.describe();
-    let mut detail = format!(
-        "{}{}role={} client={}: {}",
-        facts,
-        if facts.is_empty() { "" } else { " " },
-        kinde_rls_core::error::quote(role),
-        one_line(client),
-        one_line(&r.detail)
-    );
-    let unreported = stats::take_unreported();
-    if unreported > 0 {
-        detail.push_str(&format!(
-            " ({unreported} earlier refusals were not logged: kinde_rls.log_refusals_per_second)"
-        ));
-    }
-    log(
-        &format!("kinde_rls: login refused: {}", r.message()),
-        &detail,
-    );
+    log(&format!("{prefix}{}", r.message()), &detail);
 }
 
 /// A login that could not be judged at all (a configuration error, a `pg_hba.conf` line

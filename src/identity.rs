@@ -130,6 +130,10 @@ struct Last {
     /// Times this answer was given by the per-row fast path and not yet counted in the
     /// statistics (added when the answer is replaced, and when a transaction ends).
     hits: u64,
+    /// `until` is judged by the wall clock too: the session's login identity, which no request
+    /// renews, must end at its `exp` also inside one long statement or a procedure's loop of
+    /// transactions (whose statement clock stands still).
+    wall: bool,
 }
 
 impl Last {
@@ -139,7 +143,13 @@ impl Last {
             identity,
             until,
             hits: 0,
+            wall: false,
         }
+    }
+
+    /// Whether the answer may still be given at `now` (the statement clock).
+    fn fresh(&self, now: i64) -> bool {
+        now < self.until && (!self.wall || wall_clock() < self.until)
     }
 
     fn row(&self) -> u16 {
@@ -339,6 +349,13 @@ pub fn now() -> i64 {
     // SAFETY: reads the current statement's start timestamp; callable in any backend state.
     let ts = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
+}
+
+/// Seconds since the Unix epoch, now (not the statement's start).
+pub fn wall_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Identity of the secret file's content, to notice when it is replaced: written in place
@@ -845,7 +862,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     let watching = gucs::WATCHING_REQUEST.load(Ordering::Relaxed);
     let request_gen = gucs::REQUEST_GEN.load(Ordering::Relaxed);
     if let Some(last) = s.last.get() {
-        if now < last.until {
+        if last.fresh(now) {
             match last.key {
                 Key::Token(g) if g == token_gen => {
                     let id = s.last.hit();
@@ -886,7 +903,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         }
     };
     if let Some(last) = s.last.get() {
-        if last.key == key && now < last.until {
+        if last.key == key && last.fresh(now) {
             return Ok(s.last.hit());
         }
     }
@@ -894,6 +911,7 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
     // Each source is read only if the ones before it gave no token, and only when it was set in
     // the session: a value the session inherited (a role or database default) is not this
     // request's (see gucs::set_in_session).
+    let mut wall = false;
     let (identity, until) = if let Some(token) = match gucs::request_value(Request::Headers)? {
         Some(h) => bearer_from_headers(h)?,
         None => None,
@@ -910,15 +928,19 @@ fn resolve(s: &mut State, now: i64) -> Result<Option<Rc<Identity>>, Error> {
         } else if gucs::TRUST_REQUEST_CLAIMS.get() {
             trusted_claims(s, text, now)?
         } else {
+            wall = true;
             login_or_nobody(s, now)?
         }
     } else {
+        wall = true;
         login_or_nobody(s, now)?
     };
     if identity.is_none() {
         stats::count(0, Event::Anonymous);
     }
-    s.last.set(Last::new(key, identity.clone(), until));
+    let mut last = Last::new(key, identity.clone(), until);
+    last.wall = wall && identity.is_some();
+    s.last.set(last);
     Ok(identity)
 }
 
@@ -933,6 +955,9 @@ fn login_or_nobody(s: &mut State, now: i64) -> Result<(Option<Rc<Identity>>, i64
         return Ok((None, i64::MAX));
     };
     let config = s.config()?;
+    // The later of the statement clock and the wall clock: a statement (or a procedure's loop of
+    // transactions) that began before `exp` does not keep the identity past it.
+    let now = now.max(wall_clock());
     match kinde_rls_core::check_trusted_claims(id.claims(), &config, now) {
         Ok(exp) => {
             let until = exp.saturating_add(config.leeway());

@@ -221,6 +221,15 @@ unsafe extern "C-unwind" fn validate(
     (*result).authorized = false;
     (*result).authn_id = std::ptr::null_mut();
     let role_name = CStr::from_ptr(role).to_string_lossy().into_owned();
+    // Without preloading every login would fetch keys on its own (no shared key cache, no shared
+    // rate limit): anyone who can reach the port could make the server hammer the issuer.
+    if !gucs::PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        audit::login_failed(
+            "kinde_rls is not in shared_preload_libraries",
+            "As a validator kinde_rls needs its shared key cache: add it to shared_preload_libraries and restart.",
+        );
+        return true;
+    }
     let line = match hba_line(role) {
         Ok(line) => line,
         Err(why) => {
@@ -239,13 +248,6 @@ unsafe extern "C-unwind" fn validate(
     true
 }
 
-/// Seconds since the Unix epoch, now: a login has no statement whose start to use.
-fn wall_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Judge a login's token; its authenticated identity when it passes.
 fn login(token: &str, line: &Line, role: &str) -> Option<String> {
     let config = match identity::settings_config() {
@@ -260,15 +262,17 @@ fn login(token: &str, line: &Line, role: &str) -> Option<String> {
     };
     let names = match gucs::str_setting(&gucs::LOGIN_AUTHN_ID, "kinde_rls.login_authn_id")
         .map_err(|e| e.message)
-        .and_then(|v| login::parse_authn_claims(v.unwrap_or("sub")))
-    {
+        .and_then(|v| {
+            login::parse_authn_claims(v.filter(|v| !v.trim().is_empty()).unwrap_or("sub"))
+        }) {
         Ok(n) => n,
         Err(why) => {
             audit::login_failed("configuration error: kinde_rls.login_authn_id", &why);
             return None;
         }
     };
-    let now = wall_clock();
+    // A login has no statement whose start to use.
+    let now = identity::wall_clock();
     let _ = jwks::take_events();
     let started = std::time::Instant::now();
     let outcome = {
@@ -385,6 +389,22 @@ fn from_leader() -> Option<(Rc<Identity>, String)> {
         row: u16,
         authn_id: String,
         payload: String,
+    }
+    // Only the validator's own value: it alone sets PGC_S_OVERRIDE, which no SQL, startup
+    // option or configuration file can (a session that signed in through another validator
+    // must not have its workers take a value handed over any of those ways).
+    // SAFETY: looks up a setting this library defined; reads its source.
+    let ours = unsafe {
+        let g = pg_sys::find_option(
+            c"kinde_rls.login_identity".as_ptr(),
+            false,
+            true,
+            pg_sys::WARNING as c_int,
+        );
+        !g.is_null() && (*g).source == pg_sys::GucSource::PGC_S_OVERRIDE
+    };
+    if !ours {
+        return None;
     }
     let text = gucs::str_setting(&gucs::LOGIN_IDENTITY, "kinde_rls.login_identity").ok()??;
     let c: Copy = serde_json::from_str(text).ok()?;

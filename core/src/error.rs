@@ -36,18 +36,15 @@ impl Check {
     ];
 
     /// Every check: the token's, then a login's ([`crate::login`]).
-    pub const ALL: [Check; 10] = [
-        Check::Format,
-        Check::Algorithm,
-        Check::Key,
-        Check::Signature,
-        Check::Exp,
-        Check::Nbf,
-        Check::Iss,
-        Check::Aud,
-        Check::Sub,
-        Check::Scope,
-    ];
+    pub const ALL: [Check; 10] = {
+        let mut all = [Check::Scope; 10];
+        let mut i = 0;
+        while i < Check::TOKEN.len() {
+            all[i] = Check::TOKEN[i];
+            i += 1;
+        }
+        all
+    };
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -186,6 +183,14 @@ impl fmt::Display for Error {
     }
 }
 
+/// A character that a reader or a log tool may take as a line break, or that reorders what a
+/// human reads: DEL and the C1 controls (NEL), U+2028/U+2029, the bidirectional controls and the
+/// byte-order mark. (JSON escapes the C0 controls itself.)
+pub fn misleading(c: char) -> bool {
+    matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+}
+
 /// Quote a claim value for a message: JSON-escaped and cut to a length that keeps an attacker
 /// from filling logs (a 200 KB `kid` becomes 64 characters and an ellipsis). Beyond JSON's own
 /// escapes (C0 controls, `"`, `\\`), characters that a reader or a log tool may take as a line
@@ -200,9 +205,7 @@ pub fn quote(s: &str) -> String {
     let json = serde_json::Value::String(cut).to_string();
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}'
-            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
-        {
+        if misleading(c) {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
@@ -214,6 +217,12 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_check_is_a_tokens_or_a_logins() {
+        assert_eq!(Check::ALL[..Check::TOKEN.len()], Check::TOKEN);
+        assert_eq!(Check::ALL[Check::TOKEN.len()..], [Check::Scope]);
+    }
 
     #[test]
     fn message_names_the_check() {

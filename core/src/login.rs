@@ -4,25 +4,26 @@
 //! that verifies under the configured providers must also come from exactly that issuer and
 //! carry every one of those scopes.
 
-use crate::error::{quote, Check, Refusal};
+use crate::error::{misleading, quote, Check, Refusal};
 use serde_json::{Map, Value};
 
-/// The scopes a token grants: `scp` (an array of strings, as Kinde writes it, or a
-/// space-separated string) or else `scope` (a space-separated string, RFC 8693 §4.2). A claim of
-/// another shape grants nothing.
+/// The scopes a token grants: those of `scp` (an array of strings, as Kinde writes it, or a
+/// space-separated string) and of `scope` (a space-separated string, RFC 9068 §2.2.3; Kinde's
+/// device flow says its granted scopes are carried there). A claim of another shape grants
+/// nothing.
 pub fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
-    fn words(v: &Value) -> Option<Vec<&str>> {
+    fn words(v: &Value) -> Vec<&str> {
         match v {
-            Value::String(s) => Some(s.split(' ').filter(|w| !w.is_empty()).collect()),
-            Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect()),
-            _ => None,
+            Value::String(s) => s.split(' ').filter(|w| !w.is_empty()).collect(),
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
         }
     }
-    claims
-        .get("scp")
-        .and_then(words)
-        .or_else(|| claims.get("scope").and_then(words))
-        .unwrap_or_default()
+    ["scp", "scope"]
+        .iter()
+        .filter_map(|c| claims.get(*c))
+        .flat_map(words)
+        .collect()
 }
 
 /// The checks of a login: `iss` equals the `pg_hba.conf` line's `issuer` byte for byte (libpq
@@ -105,7 +106,8 @@ pub fn parse_authn_claims(setting: &str) -> Result<Vec<String>, String> {
 
 /// The connection's authenticated identity (`SYSTEM_USER` is `oauth:` and this, and it is what
 /// `pg_ident.conf` maps): the named claims' values joined by `/`. Each must be a non-empty
-/// string without `/` or control characters, so that no value can pass for another claim's
+/// string without `/`, control characters or characters that reorder or break a log line
+/// (PostgreSQL logs the identity as it is), so that no value can pass for another claim's
 /// (`org_a/kp_1` is organisation `org_a`, user `kp_1`, and nothing else).
 pub fn authn_id(claims: &Map<String, Value>, names: &[String]) -> Result<String, Refusal> {
     let mut parts = Vec::with_capacity(names.len());
@@ -114,7 +116,7 @@ pub fn authn_id(claims: &Map<String, Value>, names: &[String]) -> Result<String,
             Some(Value::String(v))
                 if !v.is_empty()
                     && !v.contains(AUTHN_SEPARATOR)
-                    && !v.chars().any(char::is_control) =>
+                    && !v.chars().any(|c| c.is_control() || misleading(c)) =>
             {
                 parts.push(v.as_str())
             }
@@ -122,7 +124,7 @@ pub fn authn_id(claims: &Map<String, Value>, names: &[String]) -> Result<String,
                 return Err(Refusal::new(
                     Check::Sub,
                     format!(
-                        "claim {} makes the login's identity (kinde_rls.login_authn_id) and is missing, empty, not a string, or holds \"{}\" or a control character",
+                        "claim {} makes the login's identity (kinde_rls.login_authn_id) and is missing, empty, not a string, or holds \"{}\", a control character or a bidirectional control",
                         quote(n),
                         AUTHN_SEPARATOR
                     ),
@@ -155,11 +157,12 @@ mod tests {
             ["openid", "db"]
         );
         assert_eq!(granted_scopes(&map(json!({"scope": "a b"}))), ["a", "b"]);
-        // scp wins; non-strings grant nothing.
+        // Both claims grant; non-strings grant nothing.
         assert_eq!(
             granted_scopes(&map(json!({"scp": ["x"], "scope": "y"}))),
-            ["x"]
+            ["x", "y"]
         );
+        assert_eq!(granted_scopes(&map(json!({"scp": 7, "scope": "y"}))), ["y"]);
         assert_eq!(granted_scopes(&map(json!({"scp": [1, "x", null]}))), ["x"]);
         assert!(granted_scopes(&map(json!({"scp": {"db": true}}))).is_empty());
         assert!(granted_scopes(&map(json!({}))).is_empty());
@@ -221,6 +224,9 @@ mod tests {
             json!(null),
             json!(["org_a"]),
             json!("a\nb"),
+            json!("org_\u{202e}a"),
+            json!("a\u{2028}b"),
+            json!("a\u{85}b"),
         ] {
             let c = map(json!({"sub": "kp_1", "org_code": org}));
             assert_eq!(authn_id(&c, &names).unwrap_err().check, Check::Sub, "{org}");

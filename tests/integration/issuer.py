@@ -223,16 +223,19 @@ class MockIssuer:
             return self._send(h, 200, json.dumps({
                 "device_code": "device-code-1",
                 "user_code": "ABCD-EFGH",
-                "verification_uri": self.base + "/activate",
+                "verification_uri": self.base + "/device",
+                "verification_uri_complete": self.base + "/device?user_code=ABCD-EFGH",
                 "expires_in": 300,
                 "interval": 1,
+                "qr_code": "data:image/png;base64,iVBORw0KGgo=",
             }))
         if endpoint == "token" and form.get("grant_type") == DEVICE_GRANT:
             token = self.device_token() if callable(self.device_token) else self.device_token
             if token is None:
                 return self._send(h, 400, json.dumps({"error": "access_denied"}))
             return self._send(h, 200, json.dumps({
-                "access_token": token, "token_type": "Bearer", "expires_in": 3600,
+                # As Kinde answers: a lower-case token type and an empty scope.
+                "access_token": token, "token_type": "bearer", "expires_in": 3600, "scope": "",
             }))
         return self._send(h, 400, json.dumps({"error": "invalid_request"}))
 

@@ -42,30 +42,60 @@ def workos():
     i.stop()
 
 
-@pytest.fixture(scope="module")
-def slow():
-    """A provider whose key endpoint hangs: a login must still end, refused, in bounded time."""
+def hanging_issuer():
     i = MockIssuer()
     i.mode = "hang_keys"
     i.hang_seconds = 30
+    return i
+
+
+@pytest.fixture(scope="module")
+def slow():
+    """A provider whose key endpoint hangs: a login must still end, refused, in bounded time."""
+    i = hanging_issuer()
     yield i
     i.stop()
 
 
-def hba_line(role, issuer, scope=SCOPE, extra="map=kinde"):
-    return f'host app {role} 127.0.0.1/32 oauth issuer="{issuer.iss}" scope="{scope}" {extra}\n'
+@pytest.fixture(scope="module")
+def slower():
+    """Another, so that no earlier failed fetch (and its back-off) stands in its way."""
+    i = hanging_issuer()
+    yield i
+    i.stop()
+
+
+OTHER_VALIDATOR = "kinde_rls_test_permissive"
+
+
+def hba_line(role, issuer, scope=SCOPE, extra="map=kinde", validator="kinde_rls"):
+    return (f'host app {role} 127.0.0.1/32 oauth issuer="{issuer.iss}" scope="{scope}"'
+            f' validator={validator} {extra}\n')
 
 
 @pytest.fixture(scope="module")
-def cluster(kinde, workos, slow):
+def other_validator():
+    """validators/permissive.c, built and installed next to kinde_rls for this module only."""
+    src = os.path.join(os.path.dirname(__file__), "validators", "permissive.c")
+    inc = subprocess.check_output([PG_CONFIG, "--includedir-server"], text=True).strip()
+    pkglib = subprocess.check_output([PG_CONFIG, "--pkglibdir"], text=True).strip()
+    target = os.path.join(pkglib, OTHER_VALIDATOR + ".so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", inc, "-o", target, src], check=True)
+    yield OTHER_VALIDATOR
+    os.unlink(target)
+
+
+@pytest.fixture(scope="module")
+def cluster(kinde, workos, slow, slower, other_validator):
     providers = (
         f'[{{"issuer": "{kinde.iss}", "jwks_url": "{kinde.jwks_url}", "audience": "{AUD}"}},'
         f' {{"issuer": "{workos.iss}", "jwks_url": "{workos.jwks_url}", "audience": "{AUD}"}},'
-        f' {{"issuer": "{slow.iss}", "jwks_url": "{slow.jwks_url}", "audience": "{AUD}"}}]'
+        f' {{"issuer": "{slow.iss}", "jwks_url": "{slow.jwks_url}", "audience": "{AUD}"}},'
+        f' {{"issuer": "{slower.iss}", "jwks_url": "{slower.jwks_url}", "audience": "{AUD}"}}]'
     )
     c = Cluster("oauth", preload=True, conf={
         "listen_addresses": "'127.0.0.1'",
-        "oauth_validator_libraries": "'kinde_rls'",
+        "oauth_validator_libraries": f"'kinde_rls, {other_validator}'",
         "kinde_rls.providers": "'" + providers.replace("'", "''") + "'",
         "kinde_rls.leeway": "0",
         "kinde_rls.jwks_timeout_ms": "1000",
@@ -78,12 +108,15 @@ def cluster(kinde, workos, slow):
             hba_line("analyst", kinde),
             hba_line("org_a_role", kinde, extra="map=kinde_org"),
             hba_line("slow_role", slow),
+            hba_line("slower_role", slower),
             hba_line("delegated", kinde, extra="delegate_ident_mapping=1"),
+            hba_line("mallory", kinde, extra="map=other", validator=other_validator),
         ]), 0o600)
         ident = os.path.join(c.data, "pg_ident.conf")
         write_server_file(ident, "".join([
             "kinde /^.*$ analyst\n",
             "kinde_org /^org_a/[^/]+$ org_a_role\n",
+            "other kp_alice mallory\n",
         ]), 0o600)
         with c.connect() as su:
             su.execute("CREATE DATABASE app")
@@ -91,7 +124,7 @@ def cluster(kinde, workos, slow):
             db.execute("CREATE EXTENSION kinde_rls")
             root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
             db.execute(open(os.path.join(root, "sql", "examples", "todos.sql")).read())
-            for role in ("analyst", "org_a_role", "slow_role", "delegated"):
+            for role in ("analyst", "org_a_role", "slow_role", "slower_role", "delegated", "mallory"):
                 db.execute(f"CREATE ROLE {role} LOGIN IN ROLE authenticated")
             db.execute("INSERT INTO todos (task, user_id) VALUES"
                        " ('alice: call the bank', 'kp_alice'), ('alice: file taxes', 'kp_alice'),"
@@ -117,7 +150,7 @@ def token_for(issuer, sub, lifetime=3600, **extra):
 USED_TOKENS = []
 
 
-def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60):
+def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60, options=None):
     """psql signs in through the device flow at `issuer`, which hands out `token`, and runs
     `sql` (a script: statements run on after an error). Returns (returncode, stdout, stderr)."""
     USED_TOKENS.append(token)
@@ -128,6 +161,8 @@ def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60):
     env = dict(os.environ, PGOAUTHDEBUG="UNSAFE", PGCONNECT_TIMEOUT="60")
     libdir = subprocess.check_output([PG_CONFIG, "--libdir"], text=True).strip()
     env["LD_LIBRARY_PATH"] = libdir
+    if options:
+        env["PGOPTIONS"] = options
     conninfo = (f"host=127.0.0.1 port={cluster.port} dbname=app user={role}"
                 f" oauth_issuer={issuer.iss} oauth_client_id={CLIENT_ID}")
     try:
@@ -180,6 +215,61 @@ def test_rls_shows_only_the_login_users_rows(cluster, kinde):
     with cluster.connect(dbname="app") as su:
         assert su.execute("SELECT count(*) FROM todos WHERE completed_state").fetchone()[0] == 0
         su.execute("DELETE FROM todos WHERE task = 'alice: new'")
+
+
+def test_an_app_supplies_the_token_through_libpqs_hook(cluster, kinde, monkeypatch):
+    """An app that already holds a Kinde token (asked for with its API audience) hands it to
+    libpq through the auth-data hook (PQAUTHDATA_OAUTH_BEARER_TOKEN) instead of the device flow:
+    what the README shows, through libpq's C API."""
+    import ctypes
+
+    monkeypatch.setenv("PGOAUTHDEBUG", "UNSAFE")  # the loopback issuer is plain http
+    libdir = subprocess.check_output([PG_CONFIG, "--libdir"], text=True).strip()
+    pq = ctypes.CDLL(os.path.join(libdir, "libpq.so.5"))
+
+    class Request(ctypes.Structure):
+        _fields_ = [("openid_configuration", ctypes.c_char_p), ("scope", ctypes.c_char_p),
+                    ("async_", ctypes.c_void_p), ("cleanup", ctypes.c_void_p),
+                    ("token", ctypes.c_void_p), ("user", ctypes.c_void_p)]
+
+    PQAUTHDATA_OAUTH_BEARER_TOKEN = 1
+    token = ctypes.create_string_buffer(token_for(kinde, "kp_alice").encode())
+    USED_TOKENS.append(token.value.decode())
+    asked = []
+    hook_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+    @hook_type
+    def hook(kind, conn, data):
+        if kind != PQAUTHDATA_OAUTH_BEARER_TOKEN:
+            return 0
+        req = ctypes.cast(data, ctypes.POINTER(Request)).contents
+        asked.append((req.openid_configuration, req.scope))
+        req.token = ctypes.addressof(token)
+        return 1
+
+    pq.PQsetAuthDataHook(hook)
+    pq.PQconnectdb.restype = ctypes.c_void_p
+    pq.PQexec.restype = ctypes.c_void_p
+    pq.PQexec.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    pq.PQgetvalue.restype = ctypes.c_char_p
+    pq.PQgetvalue.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    pq.PQstatus.argtypes = [ctypes.c_void_p]
+    pq.PQerrorMessage.argtypes = [ctypes.c_void_p]
+    pq.PQerrorMessage.restype = ctypes.c_char_p
+    pq.PQfinish.argtypes = [ctypes.c_void_p]
+    pq.PQclear.argtypes = [ctypes.c_void_p]
+    conn = pq.PQconnectdb((f"host=127.0.0.1 port={cluster.port} dbname=app user=analyst"
+                           f" oauth_issuer={kinde.iss} oauth_client_id={CLIENT_ID}").encode())
+    try:
+        assert pq.PQstatus(conn) == 0, pq.PQerrorMessage(conn)
+        res = pq.PQexec(conn, b"SELECT get_user_id(), system_user")
+        assert (pq.PQgetvalue(res, 0, 0), pq.PQgetvalue(res, 0, 1)) == (b"kp_alice", b"oauth:kp_alice")
+        pq.PQclear(res)
+    finally:
+        pq.PQfinish(conn)
+        pq.PQsetAuthDataHook(None)
+    # The server told the hook where to find the issuer and which scopes to ask for.
+    assert asked == [(f"{kinde.iss}/.well-known/openid-configuration".encode(), SCOPE.encode())]
 
 
 def test_a_request_token_wins_over_the_login(cluster, kinde):
@@ -300,6 +390,92 @@ def test_the_login_identity_cannot_be_set_or_forged(cluster, kinde):
         assert c.execute("SELECT get_user_id() FROM big LIMIT 1").fetchone()[0] is None
 
 
+def test_a_login_through_another_validator_has_no_identity(cluster, kinde):
+    """A session another validator signed in (auth_method oauth too) has no kinde_rls login, in
+    its leader and in its parallel workers, even when a role the superuser allowed to set
+    kinde_rls.login_identity hands it a forged value at connection start."""
+    with cluster.connect(dbname="app") as su:
+        su.execute("GRANT SET ON PARAMETER kinde_rls.login_identity TO mallory")
+        su.execute("GRANT pg_read_all_settings TO mallory")
+    forged_payload = f'{{"iss": "{kinde.iss}", "aud": ["{AUD}"], "sub": "kp_bob", "exp": 9999999999}}'
+    forged = ('{"until": 9999999999, "row": 0, "authn_id": "kp_alice", "payload": '
+              + '"' + forged_payload.replace('"', '\\"') + '"}')
+    options = "-c kinde_rls.login_identity=" + forged.replace("\\", "\\\\").replace(" ", "\\ ")
+    sql = """
+        SELECT coalesce(get_user_id(), 'nobody'), system_user;
+        SELECT count(*) FROM big;
+        SET debug_parallel_query = on;
+        SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+        SELECT count(*) FROM big;
+        SET parallel_leader_participation = off;
+        SELECT count(*) FROM big;
+    """
+    try:
+        for opts in (None, options):
+            out = signed_in(cluster, kinde, "kp_alice", sql, role="mallory", options=opts)
+            assert out.splitlines() == ["nobody|oauth:kp_alice", "0", "0", "0"], (opts, out)
+        # The forged value did reach the session: only its source kept the workers from it.
+        out = signed_in(cluster, kinde, "kp_alice",
+                        "SELECT current_setting('kinde_rls.login_identity') <> '';",
+                        role="mallory", options=options)
+        assert out == "t"
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("REVOKE SET ON PARAMETER kinde_rls.login_identity FROM mallory")
+            su.execute("REVOKE pg_read_all_settings FROM mallory")
+
+
+@pytest.mark.parametrize("commit", [False, True], ids=["one transaction", "a transaction per loop"])
+def test_a_statement_begun_before_exp_does_not_keep_the_identity(cluster, kinde, commit):
+    """The identity of a login ends at exp also inside one long statement, and inside a DO
+    block that commits in a loop (whose statement clock stands still): the loop is refused."""
+    token = token_for(kinde, "kp_alice", lifetime=5)
+    code, out, err = sign_in(cluster, kinde, token, f"""
+        SET statement_timeout = '30s';
+        DO $$
+        DECLARE n int;
+        BEGIN
+          LOOP
+            SELECT count(*) INTO n FROM big;
+            RAISE NOTICE 'rows %', n;
+            PERFORM pg_sleep(0.5);
+            {"COMMIT;" if commit else ""}
+          END LOOP;
+        END $$;
+    """)
+    assert "NOTICE:  00000: rows 10000" in err
+    errors = [line for line in err.splitlines() if "ERROR:" in line]
+    assert len(errors) == 1 and "ERROR:  28000: JWT refused: exp check failed (the login token expired" in errors[0], err
+
+
+def test_the_validator_needs_preloading(kinde):
+    """Without shared_preload_libraries each login would fetch keys on its own (no shared cache,
+    no shared rate limit): every login is refused, without a fetch, and the log says why."""
+    providers = f'[{{"issuer": "{kinde.iss}", "jwks_url": "{kinde.jwks_url}", "audience": "{AUD}"}}]'
+    c = Cluster("oauth-nopreload", preload=False, conf={
+        "listen_addresses": "'127.0.0.1'",
+        "oauth_validator_libraries": "'kinde_rls'",
+        "kinde_rls.providers": "'" + providers + "'",
+    })
+    try:
+        write_server_file(os.path.join(c.data, "pg_hba.conf"),
+                          "local all all trust\n" + hba_line("analyst", kinde), 0o600)
+        write_server_file(os.path.join(c.data, "pg_ident.conf"), "kinde /^.*$ analyst\n", 0o600)
+        with c.connect() as su:
+            su.execute("CREATE DATABASE app")
+            su.execute("CREATE ROLE analyst LOGIN")
+            su.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        kinde.reset_counts()
+        code, out, err = sign_in(c, kinde, token_for(kinde, "kp_alice"), "SELECT 1;")
+        assert code != 0 and out == ""
+        assert kinde.count("jwks") == 0
+        log = c.server_log()
+        assert "kinde_rls: login refused: kinde_rls is not in shared_preload_libraries" in log
+    finally:
+        c.stop()
+
+
 def test_a_role_per_organisation_through_pg_ident(cluster, kinde):
     """kinde_rls.login_authn_id = 'org_code, sub' makes the identity org/sub, which a pg_ident.conf
     regex maps to a role per organisation; another organisation's user cannot take that role."""
@@ -348,10 +524,35 @@ def test_a_hanging_key_fetch_ends_the_login_in_bounded_time(cluster, slow):
     assert "JWT refused: key check failed" in "".join(login_refusals(cluster, since))
 
 
+def test_authentication_timeout_ends_a_login_waiting_for_keys(cluster, slower):
+    """A key fetch during a login wakes up for authentication_timeout, as for a cancel."""
+    with cluster.connect(dbname="app") as su:
+        su.execute("ALTER SYSTEM SET kinde_rls.jwks_timeout_ms = 20000")
+        su.execute("ALTER SYSTEM SET authentication_timeout = '2s'")
+        su.execute("SELECT pg_reload_conf()")
+    time.sleep(1)
+    try:
+        since = cluster.log_size()
+        started = time.monotonic()
+        code, out, err = sign_in(cluster, slower, token_for(slower, "kp_alice"), "SELECT 1;",
+                                 role="slower_role")
+        took = time.monotonic() - started
+        assert code != 0 and out == ""
+        assert took < 10, took
+        assert "canceling authentication due to timeout" in cluster.log_since(since)
+    finally:
+        with cluster.connect(dbname="app") as su:
+            su.execute("ALTER SYSTEM RESET kinde_rls.jwks_timeout_ms")
+            su.execute("ALTER SYSTEM RESET authentication_timeout")
+            su.execute("SELECT pg_reload_conf()")
+        time.sleep(1)
+
+
 def test_no_token_reaches_the_server_log(cluster):
     log = cluster.server_log()
     assert USED_TOKENS
-    for t in USED_TOKENS:
+    # (The other validator's "tokens" are user names, logged as its identities.)
+    for t in (t for t in USED_TOKENS if "." in t):
         assert t not in log
         if t.count(".") == 2:
             assert t.split(".")[2] not in log
