@@ -36,8 +36,8 @@ if ! cargo fuzz --version 2>/dev/null | grep -q '0\.13\.2'; then
 fi
 # A version built from source is (re)built when missing, or when it lacks what the tests need
 # (PostgreSQL 18's libpq with libcurl, for the OAuth sign-in tests): pg-from-source decides.
-if [ ! -x "$PGCONFIG" ] || [ "$PGCONFIG" = "$(bash "$HERE/pg-config-path" "$PG")" ] &&
-  [[ "$PGCONFIG" != /usr/lib/postgresql/* ]]; then
+if [[ "$PGCONFIG" != /usr/lib/postgresql/* ]] &&
+  { [ ! -x "$PGCONFIG" ] || [ "$PGCONFIG" = "$(bash "$HERE/pg-config-path" "$PG")" ]; }; then
   bash "$HERE/pg-from-source" "$PG"
 fi
 "$PGCONFIG" --version | grep -q "^PostgreSQL $PG\." ||

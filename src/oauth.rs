@@ -164,7 +164,8 @@ struct ClientConnectionInfo {
 }
 
 extern "C" {
-    static MyClientConnectionInfo: ClientConnectionInfo;
+    // Written by PostgreSQL at authentication (and in a parallel worker, before any query).
+    static mut MyClientConnectionInfo: ClientConnectionInfo;
 }
 
 /// What a login is judged by, from its `pg_hba.conf` line and connection.
@@ -198,8 +199,16 @@ unsafe fn hba_line(role: *const c_char) -> Result<Line, String> {
             hba.linenumber
         ));
     }
+    let issuer = text(hba.oauth_issuer).unwrap_or_default();
+    // PostgreSQL also takes a discovery URL as the issuer; the token's iss is the issuer itself.
+    if issuer.contains("/.well-known/") {
+        return Err(format!(
+            "the pg_hba.conf line {} names a discovery URL as its issuer; kinde_rls compares the token's iss with it, so name the issuer itself (issuer=\"https://<your-subdomain>.kinde.com\")",
+            hba.linenumber
+        ));
+    }
     Ok(Line {
-        issuer: text(hba.oauth_issuer).unwrap_or_default(),
+        issuer,
         scope: text(hba.oauth_scope),
         client: text((*port).remote_host).unwrap_or_else(|| "local".into()),
     })
@@ -282,6 +291,7 @@ fn login(token: &str, line: &Line, role: &str) -> Option<String> {
             let v = kinde_rls_core::verify_configured(token, &config, now, &mut source)?;
             let claims = v.claims()?;
             login::check_login(&claims, &line.issuer, line.scope.as_deref())?;
+            login::check_signer(&config, &v, &line.issuer)?;
             let id = login::authn_id(&claims, &names)?;
             Ok((v, claims, id))
         })
@@ -343,8 +353,9 @@ fn remember(
         "payload": payload,
     });
     if let Ok(value) = CString::new(value.to_string()) {
-        // SAFETY: sets a setting this library defined, during authentication (no transaction:
-        // the value is the session's from here on, with the highest priority).
+        // SAFETY: sets a setting this library defined, during authentication (inside the
+        // transaction InitPostgres commits: the value is the session's from here on, with a
+        // priority, PGC_S_OVERRIDE, that no SQL, startup option or file reaches).
         unsafe {
             pg_sys::SetConfigOption(
                 c"kinde_rls.login_identity".as_ptr(),
@@ -363,12 +374,11 @@ pub fn login_identity() -> Option<Rc<Identity>> {
     // SAFETY: reads of backend globals that PostgreSQL sets at authentication and copies to a
     // parallel worker before it runs any query.
     let recorded = unsafe {
-        if MyClientConnectionInfo.auth_method != UA_OAUTH
-            || MyClientConnectionInfo.authn_id.is_null()
-        {
+        let info = &*std::ptr::addr_of!(MyClientConnectionInfo);
+        if info.auth_method != UA_OAUTH || info.authn_id.is_null() {
             return None;
         }
-        CStr::from_ptr(MyClientConnectionInfo.authn_id)
+        CStr::from_ptr(info.authn_id)
     };
     let (id, authn_id) = LOGIN.with(|l| l.borrow().clone()).or_else(|| {
         if !stats::in_parallel_worker() {

@@ -5,6 +5,7 @@
 //! carry every one of those scopes.
 
 use crate::error::{misleading, quote, Check, Refusal};
+use crate::{Config, Verified};
 use serde_json::{Map, Value};
 
 /// The scopes a token grants: those of `scp` (an array of strings, as Kinde writes it, or a
@@ -79,6 +80,34 @@ pub fn check_login<'c>(
             Check::Sub,
             "a login needs a sub claim: it becomes the authenticated identity",
         )),
+    }
+}
+
+/// What a login asks of how its token was verified, beyond the claims: by a provider pinned to
+/// the `pg_hba.conf` line's issuer (a provider that accepts any `iss` — keys without
+/// `kinde_rls.issuer` — would let whoever holds its keys sign in as any user of that issuer),
+/// and with a signature only the issuer makes: an HMAC secret (HS256, Kinde's Supabase guide) is
+/// shared with the applications that verify with it, and any of them could mint a login.
+pub fn check_signer(config: &Config, verified: &Verified, hba_issuer: &str) -> Result<(), Refusal> {
+    let provider = crate::pipeline::pick_provider(config, &verified.registered)?;
+    if !provider.policy.issuers.iter().any(|i| i == hba_issuer) {
+        return Err(Refusal::new(
+            Check::Iss,
+            format!(
+                "the keys that verified the token accept any issuer; a login needs keys pinned to the issuer {} of the pg_hba.conf line (kinde_rls.issuer or kinde_rls.domain, or the provider's \"issuer\")",
+                quote(hba_issuer)
+            ),
+        ));
+    }
+    match verified.header.get("alg").and_then(Value::as_str) {
+        Some(alg) if alg.starts_with("HS") => Err(Refusal::new(
+            Check::Algorithm,
+            format!(
+                "a login needs the issuer's own signature; {} is made with a secret shared with applications",
+                quote(alg)
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -233,6 +262,43 @@ mod tests {
         }
         for bad in ["", "sub,", "org code", "sub;drop", "a/b"] {
             assert!(parse_authn_claims(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn verified(alg: &str, claims: Value) -> Verified {
+        Verified {
+            header: map(json!({"alg": alg})),
+            registered: map(claims.clone()),
+            payload: claims.to_string(),
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn a_login_needs_keys_pinned_to_the_line_issuer_and_an_issuer_signature() {
+        use crate::Settings;
+        let url = "https://acme.kinde.com/.well-known/jwks";
+        let c = map(json!({"iss": ISS, "sub": "kp_1"}));
+        let pinned = Config::from_settings(&Settings {
+            jwks_url: Some(url),
+            issuer: Some(ISS),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            check_signer(&pinned, &verified("RS256", json!(c)), ISS),
+            Ok(())
+        );
+        let any = Config::from_settings(&Settings {
+            jwks_url: Some(url),
+            ..Default::default()
+        })
+        .unwrap();
+        let r = check_signer(&any, &verified("RS256", json!(c)), ISS).unwrap_err();
+        assert_eq!(r.check, Check::Iss);
+        for alg in ["HS256", "HS384", "HS512"] {
+            let r = check_signer(&pinned, &verified(alg, json!(c)), ISS).unwrap_err();
+            assert_eq!(r.check, Check::Algorithm, "{alg}");
         }
     }
 

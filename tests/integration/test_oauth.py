@@ -42,6 +42,18 @@ def workos():
     i.stop()
 
 
+@pytest.fixture(scope="module")
+def hmac_issuer():
+    """An issuer whose provider verifies with an HMAC secret (inline JWKS, HS256): its tokens
+    verify, but a secret shared with applications cannot sign a login."""
+    i = MockIssuer()
+    yield i
+    i.stop()
+
+
+HMAC_SECRET = "login-hmac-secret-0123456789abcdefghijklmnop"
+
+
 def hanging_issuer():
     i = MockIssuer()
     i.mode = "hang_keys"
@@ -109,6 +121,8 @@ def cluster(kinde, workos, slow, slower, other_validator):
             hba_line("org_a_role", kinde, extra="map=kinde_org"),
             hba_line("slow_role", slow),
             hba_line("slower_role", slower),
+            hba_line("wellknown_role", kinde).replace(
+                f'issuer="{kinde.iss}"', f'issuer="{kinde.iss}/.well-known/openid-configuration"'),
             hba_line("delegated", kinde, extra="delegate_ident_mapping=1"),
             hba_line("mallory", kinde, extra="map=other", validator=other_validator),
         ]), 0o600)
@@ -124,7 +138,8 @@ def cluster(kinde, workos, slow, slower, other_validator):
             db.execute("CREATE EXTENSION kinde_rls")
             root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
             db.execute(open(os.path.join(root, "sql", "examples", "todos.sql")).read())
-            for role in ("analyst", "org_a_role", "slow_role", "slower_role", "delegated", "mallory"):
+            for role in ("analyst", "org_a_role", "slow_role", "slower_role", "delegated", "mallory",
+                         "wellknown_role"):
                 db.execute(f"CREATE ROLE {role} LOGIN IN ROLE authenticated")
             db.execute("INSERT INTO todos (task, user_id) VALUES"
                        " ('alice: call the bank', 'kp_alice'), ('alice: file taxes', 'kp_alice'),"
@@ -135,7 +150,7 @@ def cluster(kinde, workos, slow, slower, other_validator):
             db.execute("ALTER TABLE big ENABLE ROW LEVEL SECURITY")
             db.execute("CREATE POLICY mine ON big USING (user_id = get_user_id())")
             db.execute("GRANT SELECT ON big TO authenticated")
-            db.execute("SELECT pg_reload_conf()")
+        c.restart()  # the new pg_hba.conf and pg_ident.conf in force before the first login
         yield c
     finally:
         c.stop()
@@ -150,7 +165,7 @@ def token_for(issuer, sub, lifetime=3600, **extra):
 USED_TOKENS = []
 
 
-def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60, options=None):
+def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60, options=None, oauth_issuer=None):
     """psql signs in through the device flow at `issuer`, which hands out `token`, and runs
     `sql` (a script: statements run on after an error). Returns (returncode, stdout, stderr)."""
     USED_TOKENS.append(token)
@@ -164,7 +179,7 @@ def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60, options=Non
     if options:
         env["PGOPTIONS"] = options
     conninfo = (f"host=127.0.0.1 port={cluster.port} dbname=app user={role}"
-                f" oauth_issuer={issuer.iss} oauth_client_id={CLIENT_ID}")
+                f" oauth_issuer={oauth_issuer or issuer.iss} oauth_client_id={CLIENT_ID}")
     try:
         r = subprocess.run([f"{BINDIR}/psql", "-X", "-A", "-t", "-q", "-d", conninfo, "-f", script],
                            capture_output=True, text=True, timeout=timeout, env=env,
@@ -175,8 +190,9 @@ def sign_in(cluster, issuer, token, sql, role="analyst", timeout=60, options=Non
 
 
 def signed_in(cluster, issuer, token, sql, **kw):
+    since = cluster.log_size()
     code, out, err = sign_in(cluster, issuer, token, sql, **kw)
-    assert code == 0 and "ERROR" not in err, (code, out, err)
+    assert code == 0 and "ERROR" not in err, (code, out, err, cluster.log_since(since))
     return out
 
 
@@ -349,8 +365,8 @@ def test_the_login_identity_ends_at_exp(cluster, kinde):
     needs one is refused with 28000, so RLS shows nothing; a request token still works."""
     bob = token_for(kinde, "kp_bob")
     USED_TOKENS.append(bob)
-    token = token_for(kinde, "kp_alice", lifetime=6)
-    exp = int(time.time()) + 6
+    token = token_for(kinde, "kp_alice", lifetime=10)
+    exp = int(time.time()) + 10
     code, out, err = sign_in(cluster, kinde, token, f"""
         SELECT get_user_id();
         SELECT pg_sleep(greatest(0, {exp} + 1.2 - extract(epoch FROM clock_timestamp())));
@@ -429,9 +445,9 @@ def test_a_login_through_another_validator_has_no_identity(cluster, kinde):
 def test_a_statement_begun_before_exp_does_not_keep_the_identity(cluster, kinde, commit):
     """The identity of a login ends at exp also inside one long statement, and inside a DO
     block that commits in a loop (whose statement clock stands still): the loop is refused."""
-    token = token_for(kinde, "kp_alice", lifetime=5)
+    token = token_for(kinde, "kp_alice", lifetime=8)
     code, out, err = sign_in(cluster, kinde, token, f"""
-        SET statement_timeout = '30s';
+        SET statement_timeout = '40s';
         DO $$
         DECLARE n int;
         BEGIN
@@ -464,8 +480,7 @@ def test_the_validator_needs_preloading(kinde):
         with c.connect() as su:
             su.execute("CREATE DATABASE app")
             su.execute("CREATE ROLE analyst LOGIN")
-            su.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
+        c.restart()
         kinde.reset_counts()
         code, out, err = sign_in(c, kinde, token_for(kinde, "kp_alice"), "SELECT 1;")
         assert code != 0 and out == ""
@@ -501,6 +516,61 @@ def test_a_role_per_organisation_through_pg_ident(cluster, kinde):
             su.execute("ALTER SYSTEM RESET kinde_rls.login_authn_id")
             su.execute("SELECT pg_reload_conf()")
         time.sleep(1)
+
+
+def test_a_login_needs_pinned_keys_and_the_issuers_signature(hmac_issuer):
+    """The single-provider settings of Kinde's Supabase guide: an HMAC secret next to the issuer.
+    An HS256 token passes every claim rule and is a valid request token, but the secret is shared
+    with the applications: it cannot sign a login. Nor can keys that accept any issuer."""
+    import jwt
+    c = Cluster("oauth-hmac", preload=True, conf={
+        "listen_addresses": "'127.0.0.1'",
+        "oauth_validator_libraries": "'kinde_rls'",
+    })
+    try:
+        secret = os.path.join(c.dir, "secret")
+        write_server_file(secret, HMAC_SECRET + "\n", 0o600)
+        write_server_file(os.path.join(c.data, "pg_hba.conf"),
+                          "local all all trust\n" + hba_line("analyst", hmac_issuer), 0o600)
+        write_server_file(os.path.join(c.data, "pg_ident.conf"), "kinde /^.*$ analyst\n", 0o600)
+        with c.connect() as su:
+            su.execute("CREATE DATABASE app")
+            su.execute("CREATE ROLE analyst LOGIN")
+            su.execute(f"ALTER SYSTEM SET kinde_rls.secret_file = '{secret}'")
+            su.execute(f"ALTER SYSTEM SET kinde_rls.issuer = '{hmac_issuer.iss}'")
+        c.restart()
+        with c.connect(dbname="app") as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+        claims = hmac_issuer.claims("kp_alice", aud=[AUD], scp=["openid", "db"])
+        token = jwt.encode(claims, HMAC_SECRET, algorithm="HS256")
+        USED_TOKENS.append(token)
+        with c.connect(dbname="app") as su:
+            assert su.execute("SELECT verify_jwt(%s)->>'sub'", (token,)).fetchone()[0] == "kp_alice"
+        for issuer_setting, check in ((hmac_issuer.iss, "algorithm"), (None, "iss")):
+            if issuer_setting is None:
+                with c.connect() as su:
+                    su.execute("ALTER SYSTEM RESET kinde_rls.issuer")
+                    su.execute("ALTER SYSTEM SET kinde_rls.jwks_url = %s" % f"'{hmac_issuer.jwks_url}'")
+                    su.execute("SELECT pg_reload_conf()")
+                time.sleep(1)
+                token = hmac_issuer.token("kp_alice", aud=[AUD], scp=["openid", "db"])
+                USED_TOKENS.append(token)
+            since = c.log_size()
+            code, out, err = sign_in(c, hmac_issuer, token, "SELECT 1;")
+            assert code != 0 and out == ""
+            lines = login_refusals(c, since)
+            assert len(lines) == 1 and f"JWT refused: {check} check failed" in lines[0], c.log_since(since)
+    finally:
+        c.stop()
+
+
+def test_a_discovery_url_as_the_line_issuer_is_refused_with_the_reason(cluster, kinde):
+    since = cluster.log_size()
+    code, out, err = sign_in(cluster, kinde, token_for(kinde, "kp_alice"), "SELECT 1;",
+                             role="wellknown_role",
+                             oauth_issuer=f"{kinde.iss}/.well-known/openid-configuration")
+    assert code != 0 and out == ""
+    assert "names a discovery URL as its issuer" in cluster.log_since(since)
 
 
 def test_delegate_ident_mapping_is_refused(cluster, kinde):
