@@ -199,6 +199,15 @@ pub fn findings() -> Vec<Finding> {
         }
     }
 
+    #[cfg(feature = "pg18")]
+    if !preloaded && validating_logins() {
+        out.push(finding(
+            "error",
+            "oauth_validator_libraries",
+            "kinde_rls is an OAuth validator (oauth_validator_libraries) but not in shared_preload_libraries: every login it validates is refused".into(),
+            "Add kinde_rls to shared_preload_libraries and restart.",
+        ));
+    }
     if !preloaded {
         out.push(finding(
             "notice",
@@ -208,6 +217,22 @@ pub fn findings() -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// Whether `oauth_validator_libraries` names kinde_rls (PostgreSQL 18 sign-in).
+#[cfg(feature = "pg18")]
+fn validating_logins() -> bool {
+    // SAFETY: reads a core setting by name (missing_ok); the string is PostgreSQL's.
+    let value = unsafe {
+        let p = pg_sys::GetConfigOption(c"oauth_validator_libraries".as_ptr(), true, false);
+        if p.is_null() {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    value
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "kinde_rls")
 }
 
 fn keys_findings(out: &mut Vec<Finding>, src: &kinde_rls_core::RemoteSource, preloaded: bool) {

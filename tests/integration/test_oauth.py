@@ -487,6 +487,10 @@ def test_the_validator_needs_preloading(kinde):
         assert kinde.count("jwks") == 0
         log = c.server_log()
         assert "kinde_rls: login refused: kinde_rls is not in shared_preload_libraries" in log
+        with c.connect(dbname="app") as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+            found = su.execute("SELECT level, setting FROM kinde_rls_check()").fetchall()
+        assert found[0] == ("error", "oauth_validator_libraries"), found
     finally:
         c.stop()
 
