@@ -622,6 +622,46 @@ def test_authentication_timeout_ends_a_login_waiting_for_keys(cluster, slower):
         time.sleep(1)
 
 
+def test_the_readme_sign_in_as_written(kinde):
+    """README's "Sign in to PostgreSQL with Kinde": its postgresql.conf, pg_hba.conf and
+    pg_ident.conf blocks and its psql parameters, as written, with the mock issuer in place of
+    https://acme.kinde.com. Only what a test bench cannot have changes: host (no TLS) instead of
+    hostssl, and 127.0.0.1 instead of every address."""
+    import re
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    text = open(os.path.join(root, "README.md")).read()
+    text = text[text.index("## Sign in to PostgreSQL with Kinde"):]
+    text = text[:text.index("\n## ", 5)]
+    blocks = [b for _, b in re.findall(r"```(\w*)\n(.*?)```", text, re.S)]
+    ours = lambda b: b.replace("https://acme.kinde.com", kinde.iss)  # noqa: E731
+    conf_block = next(b for b in blocks if "oauth_validator_libraries" in b)
+    hba = next(b for b in blocks if " oauth issuer=" in b)
+    ident = next(b for b in blocks if b.startswith("# MAPNAME"))
+    psql = next(b for b in blocks if b.startswith("psql "))
+    conf = {"listen_addresses": "'127.0.0.1'"}
+    for line in ours(conf_block).splitlines():
+        name, value = line.split("=", 1)
+        conf[name.strip()] = value.split("#")[0].strip()
+    assert conf["shared_preload_libraries"] == "'kinde_rls'" and conf["oauth_validator_libraries"] == "'kinde_rls'"
+    c = Cluster("readme-signin", preload=False, conf=conf)
+    try:
+        hba = ours(hba).replace("hostssl", "host   ").replace("0.0.0.0/0", "127.0.0.1/32")
+        write_server_file(os.path.join(c.data, "pg_hba.conf"), "local all all trust\n" + hba, 0o600)
+        write_server_file(os.path.join(c.data, "pg_ident.conf"), ident, 0o600)
+        with c.connect() as su:
+            su.execute("CREATE DATABASE app")
+            su.execute("CREATE ROLE analyst LOGIN")
+        c.restart()
+        assert f"oauth_issuer={kinde.iss} oauth_client_id=" in ours(psql)
+        token = token_for(kinde, "kp_alice", aud=[conf["kinde_rls.audience"].strip("'")], scp=["openid"])
+        with c.connect(dbname="app") as su:
+            su.execute("CREATE EXTENSION kinde_rls")
+        out = signed_in(c, kinde, token, "SELECT get_user_id(), system_user, current_user;")
+        assert out == "kp_alice|oauth:kp_alice|analyst"
+    finally:
+        c.stop()
+
+
 def test_no_token_reaches_the_server_log(cluster):
     log = cluster.server_log()
     assert USED_TOKENS
