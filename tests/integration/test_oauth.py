@@ -658,6 +658,12 @@ def test_the_readme_sign_in_as_written(kinde):
             su.execute("CREATE EXTENSION kinde_rls")
         out = signed_in(c, kinde, token, "SELECT get_user_id(), system_user, current_user;")
         assert out == "kp_alice|oauth:kp_alice|analyst"
+        # kinde_rls.audience as the README sets it: a token for another API cannot sign in.
+        since = c.log_size()
+        other = token_for(kinde, "kp_alice", aud=["api://billing"], scp=["openid"])
+        code, out, err = sign_in(c, kinde, other, "SELECT 1;")
+        assert code != 0 and out == ""
+        assert "kinde_rls: login refused: JWT refused: aud check failed" in c.log_since(since)
     finally:
         c.stop()
 
