@@ -36,6 +36,7 @@ DISCOVERY = "/.well-known/openid-configuration"
 # given to prove that discovery's jwks_uri is what is followed.
 KINDE_JWKS = "/.well-known/jwks"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+_USED_PORTS: set = set()
 
 
 class MockIssuer:
@@ -76,7 +77,19 @@ class MockIssuer:
             def date_time_string(self, timestamp=None):
                 return super().date_time_string(time.time() + issuer.date_offset)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A port no issuer of this test session had: the server's shared key cache is keyed by URL,
+        # and a new issuer on a port the kernel handed out again would meet the keys an earlier
+        # issuer left there (fresh, and not refetched within kinde_rls.jwks_min_refresh).
+        held = []
+        while True:
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            if server.server_address[1] not in _USED_PORTS:
+                break
+            held.append(server)
+        for s in held:
+            s.server_close()
+        self.server = server
+        _USED_PORTS.add(server.server_address[1])
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
