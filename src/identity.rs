@@ -149,7 +149,7 @@ impl Last {
 
     /// Whether the answer may still be given at `now` (the statement clock).
     fn fresh(&self, now: i64) -> bool {
-        now < self.until && (!self.wall || wall_clock() < self.until)
+        now < self.until && (!self.wall || coarse_clock() < self.until)
     }
 
     fn row(&self) -> u16 {
@@ -351,10 +351,10 @@ pub fn now() -> i64 {
     ts.div_euclid(1_000_000) + PG_EPOCH_OFFSET
 }
 
-/// Seconds since the Unix epoch, now (not the statement's start). The coarse clock (a few
+/// Seconds since the Unix epoch, now (not the statement's start), from the coarse clock (a few
 /// milliseconds' resolution, read without a system call): the per-row fast path of a session
 /// that signed in with a token reads it for every row.
-pub fn wall_clock() -> i64 {
+pub fn coarse_clock() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -363,9 +363,7 @@ pub fn wall_clock() -> i64 {
     if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
         ts.tv_sec
     } else {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        kinde_rls_core::keycache::wall_clock() as i64
     }
 }
 
@@ -587,13 +585,9 @@ impl State {
             }
         }
         let config = self.config()?;
-        // Fetches noted by a verification that an error (a cancel) cut short were never taken:
-        // they are dropped, not counted for this token's issuer.
-        let _ = jwks::take_events();
-        let started = std::time::Instant::now();
-        let outcome = {
+        let (outcome, took, fetches) = {
             let config = std::panic::AssertUnwindSafe(&*config);
-            guarded(move || {
+            timed(move || {
                 let mut source = jwks::Source::default();
                 let v = if request {
                     kinde_rls_core::identify_configured(token, &config, now, &mut source)?
@@ -608,8 +602,6 @@ impl State {
                 Ok((v, source.until))
             })
         };
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let fetches = jwks::take_events();
         let row = match &outcome {
             Ok((Some(v), _)) => {
                 stats::row_of(kinde_rls_core::audit::issuer_of(&config, &v.registered).as_deref())
@@ -650,6 +642,20 @@ impl State {
         self.tokens.insert(token, id.clone(), cap);
         Ok(Some(id))
     }
+}
+
+/// Run a verification (guarded: a panic is a refusal) and say how long it took, in
+/// microseconds, and which key fetches it made, for the statistics. Fetches noted by an earlier
+/// verification that an error (a cancel) cut short were never taken: they are dropped first,
+/// not counted for this token's issuer.
+pub fn timed<T>(
+    verify: impl FnOnce() -> Result<T, Error> + std::panic::UnwindSafe,
+) -> (Result<T, Error>, u64, jwks::FetchEvents) {
+    let _ = jwks::take_events();
+    let started = std::time::Instant::now();
+    let outcome = guarded(verify);
+    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    (outcome, took, jwks::take_events())
 }
 
 /// Key fetches made for a verification, counted under its issuer's row.
@@ -968,7 +974,7 @@ fn login_or_nobody(s: &mut State, now: i64) -> Result<(Option<Rc<Identity>>, i64
     let config = s.config()?;
     // The later of the statement clock and the wall clock: a statement (or a procedure's loop of
     // transactions) that began before `exp` does not keep the identity past it.
-    let now = now.max(wall_clock());
+    let now = now.max(coarse_clock());
     match kinde_rls_core::check_trusted_claims(id.claims(), &config, now) {
         Ok(exp) => {
             let until = exp.saturating_add(config.leeway());

@@ -27,7 +27,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::audit;
-use crate::errors::guarded;
 use crate::gucs;
 use crate::identity::{self, Identity};
 use crate::jwks;
@@ -281,12 +280,10 @@ fn login(token: &str, line: &Line, role: &str) -> Option<String> {
         }
     };
     // A login has no statement whose start to use.
-    let now = identity::wall_clock();
-    let _ = jwks::take_events();
-    let started = std::time::Instant::now();
-    let outcome = {
+    let now = identity::coarse_clock();
+    let (outcome, took, fetches) = {
         let config = std::panic::AssertUnwindSafe(&config);
-        guarded(move || {
+        identity::timed(move || {
             let mut source = jwks::Source::default();
             let v = kinde_rls_core::verify_configured(token, &config, now, &mut source)?;
             let claims = v.claims()?;
@@ -296,8 +293,6 @@ fn login(token: &str, line: &Line, role: &str) -> Option<String> {
             Ok((v, claims, id))
         })
     };
-    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let fetches = jwks::take_events();
     match outcome {
         Ok((v, claims, authn_id)) => {
             let issuer = kinde_rls_core::audit::issuer_of(&config, &claims);
