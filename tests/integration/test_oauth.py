@@ -345,6 +345,9 @@ def test_a_refused_token_is_a_failed_login(cluster, kinde, workos, case, check):
     lines = login_refusals(cluster, since)
     assert len(lines) == 1, cluster.log_since(since)
     assert f"kinde_rls: login refused: JWT refused: {check} check failed" in lines[0]
+    if case == "other issuer":
+        # The token's own iss against the line's, not only the keys' issuer.
+        assert f'is not the issuer "{kinde.iss}" of the pg_hba.conf line' in cluster.log_since(since)
     log = cluster.log_since(since)
     assert "role=\"analyst\" client=127.0.0.1" in log
     assert token not in log and token.split(".")[-1] not in log
