@@ -62,13 +62,14 @@ pub static JWKS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static JWKS_CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static JWKS_MIN_REFRESH: GucSetting<i32> = GucSetting::<i32>::new(30);
 pub static JWKS_MAX_STALE: GucSetting<i32> = GucSetting::<i32>::new(86_400);
-/// The audit log (`src/audit.rs`) and its lines per second.
+/// The claims that make a PostgreSQL 18 login's authenticated identity ([`crate::oauth`]).
 #[cfg(feature = "pg18")]
 pub static LOGIN_AUTHN_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// The verified claims a PostgreSQL 18 login signed in with, for the session's parallel workers
 /// (which did not authenticate): set by the validator only ([`crate::oauth`]).
 #[cfg(feature = "pg18")]
 pub static LOGIN_IDENTITY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The audit log (`src/audit.rs`) and its lines per second.
 pub static LOG_REFUSALS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LOG_REFUSALS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(20);
 /// Key sets the shared cache holds; read once, at server start (defined only when preloaded).
